@@ -1,0 +1,134 @@
+"""QVHighlights metric definitions on small hand-computed cases (no shared data needed)."""
+
+import numpy as np
+import pytest
+
+from training.evaluation import (
+    IOU_THRESHOLDS,
+    EvaluationError,
+    binary_average_precision,
+    evaluate,
+    moment_average_precision,
+)
+
+
+def test_iou_thresholds_are_the_official_rounded_values():
+    assert IOU_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def test_moment_ap_is_one_when_the_best_scored_window_is_exact():
+    gt = np.array([[0.0, 10.0]])
+    ap = moment_average_precision(gt, np.array([[0, 10, 0.9], [20, 30, 0.8]]))
+    np.testing.assert_array_equal(ap, np.ones(10))
+
+
+def test_moment_ap_halves_when_a_false_positive_is_ranked_first():
+    gt = np.array([[0.0, 10.0]])
+    ap = moment_average_precision(gt, np.array([[20, 30, 0.9], [0, 10, 0.8]]))
+    np.testing.assert_allclose(ap, np.full(10, 0.5))
+
+
+def test_moment_ap_counts_iou_equal_to_the_threshold_as_a_hit():
+    ap = moment_average_precision(np.array([[0.0, 10.0]]), np.array([[0, 7, 0.9]]))  # IoU 0.7
+    np.testing.assert_array_equal(ap, [1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+
+
+def test_a_ground_truth_window_is_matched_once_so_duplicates_are_false_positives():
+    gt = np.array([[0.0, 10.0], [20.0, 30.0]])
+    preds = np.array([[0, 10, 0.9], [0, 10, 0.8], [20, 30, 0.7]])
+    # TP, FP, TP: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> 1/2 * 1 + 1/2 * 2/3
+    np.testing.assert_allclose(moment_average_precision(gt, preds), np.full(10, 0.5 + 1 / 3))
+
+
+def test_binary_ap_uses_the_precision_envelope_at_each_new_recall():
+    # ranked labels 1, 0, 1, 0: precision 1 at recall 1/2, then 2/3 at recall 1
+    assert binary_average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])) == pytest.approx(
+        (1 + 2 / 3) / 2
+    )
+
+
+def test_binary_ap_treats_tied_scores_as_one_point():
+    assert binary_average_precision(np.array([1, 0, 1, 0]), np.full(4, 0.5)) == 0.5
+
+
+def test_binary_ap_of_constant_labels():
+    assert binary_average_precision(np.zeros(3), np.array([0.3, 0.2, 0.1])) == 0
+    assert binary_average_precision(np.ones(3), np.array([0.3, 0.2, 0.1])) == 1
+
+
+def _annotation(qid, windows, duration=10, clip_ids=(0,), ratings=((2, 2, 2),)):
+    return {
+        "qid": qid,
+        "duration": duration,
+        "relevant_windows": windows,
+        "relevant_clip_ids": list(clip_ids),
+        "saliency_scores": [list(r) for r in ratings],
+    }
+
+
+def test_highlight_hit1_and_map_on_two_queries():
+    annotations = [
+        _annotation(1, [[0, 4]], duration=6, clip_ids=[0, 1], ratings=[[4, 2, 0], [1, 3, 4]]),
+        _annotation(2, [[2, 4]], duration=4, clip_ids=[1], ratings=[[2, 2, 2]]),
+    ]
+    predictions = [
+        {"qid": 1, "pred_saliency_scores": [0.1, 0.9, 0.5]},  # top clip 1 is rated [1, 3, 4]
+        {"qid": 2, "pred_saliency_scores": [0.8, 0.2]},  # top clip 0 is unrated
+    ]
+    metrics = evaluate(predictions, annotations)
+    assert list(metrics) == ["brief", "HL-min-Fair", "HL-min-Good", "HL-min-VeryGood"]
+    assert [m["HL-Hit1"] for m in metrics.values() if "HL-Hit1" in m] == [50.0, 50.0, 50.0]
+    # Fair AP per (query, annotator): 1/3, 5/6, 1 and 1/2 three times -> mean 0.6111
+    assert metrics["HL-min-Fair"]["HL-mAP"] == 61.11
+    assert metrics["brief"]["HL-min-Fair-mAP"] == 61.11
+
+
+def test_moment_metrics_by_length_bucket_and_official_layout():
+    annotations = [_annotation(1, [[0, 8]]), _annotation(2, [[0, 20], [40, 50]], duration=60)]
+    predictions = [
+        {"qid": 1, "pred_relevant_windows": [[0, 8, 0.9]]},
+        {"qid": 2, "pred_relevant_windows": [[0, 20, 0.9], [40, 50, 0.5]]},
+    ]
+    metrics = evaluate(predictions, annotations)
+    assert list(metrics) == ["brief", "full", "long", "middle", "short"]
+    assert list(metrics["brief"]) == sorted(metrics["brief"])
+    assert metrics["full"]["MR-R1"]["0.95"] == 100.0
+    assert metrics["full"]["MR-mAP"]["average"] == 100.0
+    # 'short' keeps query 1 and only the 10 s window of query 2, which is not its top prediction
+    assert metrics["short"]["MR-R1"]["0.5"] == 50.0
+    # query 2 ranks a false positive first there: AP 1/2, so mAP (1 + 1/2) / 2
+    assert metrics["short"]["MR-mAP"]["0.5"] == 75.0
+    assert metrics["middle"]["MR-R1"]["0.5"] == 100.0
+    # no window longer than 30 s: the bucket is reported as null, not a crash
+    assert metrics["long"]["MR-mAP"]["average"] is None and metrics["brief"]["MR-long-mAP"] is None
+
+
+def test_mismatched_qids_are_rejected_unless_asked_to_use_the_shared_ones():
+    annotations = [_annotation(1, [[0, 8]]), _annotation(2, [[0, 8]])]
+    predictions = [{"qid": 1, "pred_relevant_windows": [[0, 8, 0.9]]}]
+    with pytest.raises(EvaluationError, match="1 annotated qids have no prediction"):
+        evaluate(predictions, annotations)
+    assert evaluate(predictions, annotations, match_number=False)["full"]["MR-R1"]["0.5"] == 100.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "message"),
+    [
+        ({"pred_relevant_windows": [[0, 8, 0.9]]}, "missing key 'qid'"),
+        ({"qid": 1}, "needs 'pred_relevant_windows' and/or 'pred_saliency_scores'"),
+        ({"qid": 1, "pred_relevant_windows": [[0, 8]]}, r"list of \[start, end, score\]"),
+        ({"qid": 1, "pred_relevant_windows": []}, "is empty"),
+        ({"qid": 1, "pred_saliency_scores": ["x"]}, "non-empty list of numbers"),
+    ],
+)
+def test_malformed_predictions_get_an_error_naming_the_record(prediction, message):
+    with pytest.raises(EvaluationError, match=f"prediction 0: .*{message}"):
+        evaluate([prediction], [_annotation(1, [[0, 8]])])
+
+
+def test_malformed_annotations_get_an_error_naming_the_record():
+    bad = _annotation(1, [[0, 8]], clip_ids=[9])  # a 10 s video has clips 0..4
+    with pytest.raises(
+        EvaluationError, match=r"annotation 0: 'relevant_clip_ids' must be clip indices in \[0, 5\)"
+    ):
+        evaluate([{"qid": 1, "pred_saliency_scores": [0.1]}], [bad])
