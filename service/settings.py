@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=0.5, gt=0, description="Socket/connect timeout for Redis calls.")
     redis_max_connections: int = Field(default=32, ge=1, description="Redis connection pool size.")
     feature_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Expiry of stored video features.")
+    redis_key_prefix: str = Field(
+        default="trdetr",
+        min_length=1,
+        description="Namespace of this service's Redis keys (several deployments may share one server).",
+    )
 
     # --- limits and auth ---------------------------------------------------------------------
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Largest request body (413).")

@@ -1,0 +1,97 @@
+"""The FastAPI application factory and its lifespan (model, Redis, batcher: built once, closed once)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.cache import EmbeddedRedis, FeatureStore, layout_version
+from service.dependencies import Runtime
+from service.errors import install_error_handlers
+from service.inference.batcher import DynamicBatcher
+from service.inference.bundle import ModelBundle
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.routers import ops, search, videos
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Moment retrieval and highlight detection with TR-DETR on ONNX Runtime.
+
+Store a video's per-clip features once (`PUT /v1/videos/{id}/features`), then search it with
+any number of queries (`POST /v1/moments`, `POST /v1/highlights`). Every error has the shape
+`{"error": {"code", "message", "details"}}`. See service/README.md for what the scores mean.
+"""
+
+
+async def _start(runtime: Runtime) -> None:
+    """Load the bundle, connect the feature cache, warm up, start the batcher; then mark ready."""
+    settings = runtime.settings
+    url = settings.redis_url
+    if url is None:
+        runtime.embedded_redis = EmbeddedRedis(settings.embedded_redis_dir)
+        url = await asyncio.to_thread(runtime.embedded_redis.start)
+    bundle = await asyncio.to_thread(
+        ModelBundle, settings.bundle_dir, precision=settings.precision, device=settings.device,
+        intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
+    )
+    runtime.bundle = bundle
+    runtime.store = FeatureStore.from_url(
+        url, timeout_s=settings.redis_timeout_s, max_connections=settings.redis_max_connections,
+        prefix=settings.redis_key_prefix, layout=layout_version(bundle.pre), ttl_s=settings.feature_ttl_s,
+        metrics=runtime.metrics,
+    )
+    if not await runtime.store.ping():
+        log.warning("feature cache at %s is unreachable; stored-video requests get 503 until it is back", url)
+    await asyncio.to_thread(bundle.warmup, settings.warmup_runs)
+    runtime.batcher = DynamicBatcher(
+        bundle.run, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_batch_wait_ms,
+        max_queue_size=settings.max_queue_size, metrics=runtime.metrics,
+    )
+    await runtime.batcher.start()
+    runtime.ready = True
+    log.info("ready: bundle %s on %s", settings.bundle_dir, ", ".join(bundle.providers))
+
+
+async def _stop(runtime: Runtime) -> None:
+    runtime.ready = False
+    if runtime.batcher is not None:
+        await runtime.batcher.stop()
+    if runtime.store is not None:
+        await runtime.store.close()
+    if runtime.embedded_redis is not None:
+        await asyncio.to_thread(runtime.embedded_redis.stop)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    runtime: Runtime = app.state.runtime
+    try:
+        await _start(runtime)
+        yield
+    finally:
+        await _stop(runtime)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app with its own settings, metrics registry and (at start-up) model and Redis client."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+    app = FastAPI(
+        title="TR-DETR moment search",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = Runtime(settings=settings, metrics=metrics)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    for router in (videos.router, search.router, ops.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,53 @@
+"""The per-app runtime objects and the FastAPI dependencies that hand them to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.cache import EmbeddedRedis, FeatureStore
+from service.errors import ServiceError
+from service.inference.batcher import DynamicBatcher
+from service.inference.bundle import ModelBundle
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass
+class Runtime:
+    """What the lifespan builds once per app and every request uses."""
+
+    settings: Settings
+    metrics: Metrics
+    bundle: ModelBundle | None = None
+    store: FeatureStore | None = None
+    batcher: DynamicBatcher | None = None
+    embedded_redis: EmbeddedRedis | None = None
+    ready: bool = False
+    startup_notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_clips(self) -> int:
+        """Longest accepted video: the setting, never more than the model's trained length."""
+        assert self.bundle is not None
+        trained = self.bundle.pre.max_video_clips
+        return min(self.settings.max_video_clips or trained, trained)
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_ready_runtime(request: Request) -> Runtime:
+    """The runtime, or 503 while the model is still loading / warming up."""
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.ready:
+        raise ServiceError(503, "not_ready", "The model is still loading; retry in a few seconds.",
+                           headers={"Retry-After": "2"})
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ReadyRuntimeDep = Annotated[Runtime, Depends(get_ready_runtime)]

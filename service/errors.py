@@ -1,0 +1,133 @@
+"""One JSON error shape for every failure: ``{"error": {"code", "message", "details"}}``.
+
+Routes raise :class:`ServiceError` (or a subclass); FastAPI's own validation errors, Starlette's
+404/405 and unexpected exceptions are converted to the same shape here, so a client never has to
+parse two formats and a client mistake is never reported as a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status, a stable machine-readable ``code`` and a message saying what to fix."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+class InvalidInput(ServiceError):
+    """422: the request is well-formed JSON/bytes but its content cannot be used."""
+
+    def __init__(self, message: str, details: Any = None, code: str = "invalid_input") -> None:
+        super().__init__(422, code, message, details)
+
+
+class NotFound(ServiceError):
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(404, "not_found", message, details)
+
+
+class CacheUnavailable(ServiceError):
+    """503: the Redis feature cache cannot be reached (requests with inline features still work)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            503,
+            "cache_unavailable",
+            "The feature cache (Redis) is unreachable, so stored videos cannot be read or written right "
+            "now. Retry later, or send the features inline with the request.",
+            {"reason": reason},
+            headers={"Retry-After": "1"},
+        )
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The JSON body of every error response."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {
+            "location": ".".join(str(part) for part in err.get("loc", ())),
+            "problem": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in exc.errors()
+    ]
+    summary = "; ".join(f"{p['location']}: {p['problem']}" for p in problems[:5])
+    return error_response(422, "invalid_request", f"The request is invalid: {summary}", problems)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "http_error")
+    message = str(exc.detail)
+    if status == 404:
+        message = f"No route {request.url.path}: see /docs for the endpoints."
+    elif status == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}: see /docs."
+    return error_response(status, code, message, None, dict(exc.headers or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "Internal server error; the incident was logged.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through the one JSON shape."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,1 @@
+"""ONNX Runtime inference: sessions, the model bundle, the text encoder and dynamic batching."""

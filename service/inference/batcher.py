@@ -1,0 +1,219 @@
+"""Dynamic batching: coalesce concurrent requests into padded ONNX Runtime runs.
+
+A *job* is one request: one video ``(T, D_v)`` (TEF included) and its ``N`` queries, each
+``(L_t, D_t)``; it becomes ``N`` rows of the batch. The loop takes the first waiting job, then
+keeps taking jobs for at most ``max_wait_ms`` or until ``max_batch_size`` rows are collected,
+pads every row to the batch's longest text and video and runs the model once in a worker thread
+(never on the event loop). The exported model is batch-invariant, so a row's outputs do not
+depend on what it was batched with; the outputs are cut back to each row's real video length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import ServiceError
+from service.metrics import Metrics
+from trdetr_common.features import pad_batch
+
+log = logging.getLogger(__name__)
+
+ModelFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class RowOutput:
+    """The model's answer for one query row, cut to the video's real length.
+
+    ``pred_logits`` (Q, 2), ``pred_spans`` (Q, 2) normalised (cx, w), ``saliency`` (T,).
+    """
+
+    pred_logits: np.ndarray
+    pred_spans: np.ndarray
+    saliency: np.ndarray
+
+
+@dataclass
+class _Job:
+    texts: list[np.ndarray]
+    video: np.ndarray
+    future: asyncio.Future[list[RowOutput]]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rows(self) -> int:
+        return len(self.texts)
+
+
+def build_batch(jobs: list[_Job]) -> dict[str, np.ndarray]:
+    """Pad every row of ``jobs`` into the model's four inputs.
+
+    Returns ``src_txt`` (B, L_t, D_t), ``src_txt_mask`` (B, L_t), ``src_vid`` (B, L_v, D_v) and
+    ``src_vid_mask`` (B, L_v), float32 with masks 1 = valid, B = total queries of the jobs.
+    """
+    texts = [text for job in jobs for text in job.texts]
+    videos = [job.video for job in jobs for _ in job.texts]
+    src_txt, txt_mask = pad_batch(texts)
+    src_vid, vid_mask = pad_batch(videos)
+    return {
+        "src_txt": np.asarray(src_txt, dtype=np.float32),
+        "src_txt_mask": np.asarray(txt_mask, dtype=np.float32),
+        "src_vid": np.asarray(src_vid, dtype=np.float32),
+        "src_vid_mask": np.asarray(vid_mask, dtype=np.float32),
+    }
+
+
+def split_outputs(jobs: list[_Job], outputs: dict[str, np.ndarray]) -> list[list[RowOutput]]:
+    """Cut the batch outputs back into one list of :class:`RowOutput` per job."""
+    results: list[list[RowOutput]] = []
+    row = 0
+    for job in jobs:
+        clips = job.video.shape[0]
+        rows = [
+            RowOutput(
+                pred_logits=outputs["pred_logits"][r],
+                pred_spans=outputs["pred_spans"][r],
+                saliency=outputs["saliency_scores"][r, :clips],
+            )
+            for r in range(row, row + job.rows)
+        ]
+        results.append(rows)
+        row += job.rows
+    return results
+
+
+class DynamicBatcher:
+    """Bounded queue + one background task that runs coalesced batches in a worker thread."""
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_size: int,
+        metrics: Metrics,
+    ) -> None:
+        self._model_fn = model_fn
+        self._max_rows = max_batch_size
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-batch")
+        self._task: asyncio.Task[None] | None = None
+        self._carry: _Job | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="dynamic-batcher")
+
+    async def stop(self) -> None:
+        """Stop the loop, fail waiting requests with 503 and release the worker thread."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        pending = [self._carry] if self._carry else []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for job in pending:
+            if not job.future.done():
+                job.future.set_exception(
+                    ServiceError(503, "shutting_down", "The service is shutting down; retry on another replica.")
+                )
+        self._executor.shutdown(wait=True)
+
+    async def infer(self, texts: list[np.ndarray], video: np.ndarray, timeout_s: float) -> list[RowOutput]:
+        """Queue one request (``texts``: N arrays (L_t, D_t); ``video`` (T, D_v)) and await its rows.
+
+        Raises 429 when the queue is full and 504 when ``timeout_s`` passes first.
+        """
+        job = _Job(texts=texts, video=video, future=asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self._metrics.rejected.labels("queue_full").inc()
+            raise ServiceError(
+                429, "queue_full", "Too many inference requests are waiting; retry shortly.",
+                {"max_queue_size": self._queue.maxsize}, headers={"Retry-After": "1"},
+            ) from None
+        self._metrics.queue_depth.set(self._queue.qsize())
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+        except TimeoutError:
+            job.future.cancel()
+            self._metrics.rejected.labels("deadline_exceeded").inc()
+            raise ServiceError(
+                504, "deadline_exceeded", f"Inference did not finish within {timeout_s:g} s; the service is "
+                "overloaded. Retry later or send fewer queries per request.", {"timeout_s": timeout_s},
+            ) from None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._collect()
+            if not jobs:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._run, jobs)
+            except Exception as exc:  # a failed run fails its requests, never the loop
+                log.exception("inference batch failed")
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            for job, rows in zip(jobs, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(rows)
+
+    async def _next_job(self, timeout_s: float | None) -> _Job | None:
+        if self._carry is not None:
+            job, self._carry = self._carry, None
+            return job
+        try:
+            job = await asyncio.wait_for(self._queue.get(), timeout_s) if timeout_s else self._queue.get_nowait()
+        except (TimeoutError, asyncio.QueueEmpty):
+            return None
+        self._metrics.queue_depth.set(self._queue.qsize())
+        return job
+
+    async def _collect(self) -> list[_Job]:
+        """First live job (waiting as long as needed), then more until the batch is full or the wait ends."""
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        self._metrics.queue_depth.set(self._queue.qsize())
+        jobs = [first] if not first.future.done() else []
+        rows = first.rows if jobs else 0
+        deadline = time.perf_counter() + self._max_wait_s
+        while rows < self._max_rows:
+            left = deadline - time.perf_counter()
+            job = await self._next_job(left if left > 0 else None)
+            if job is None:
+                break
+            if job.future.done():  # its deadline passed while queued
+                continue
+            if rows + job.rows > self._max_rows and jobs:
+                self._carry = job
+                break
+            jobs.append(job)
+            rows += job.rows
+        now = time.perf_counter()
+        for job in jobs:
+            self._metrics.queue_wait.observe(now - job.enqueued_at)
+        return jobs
+
+    def _run(self, jobs: list[_Job]) -> list[list[RowOutput]]:
+        """Worker thread: pad, run the model once, split. Records batch size and compute time."""
+        start = time.perf_counter()
+        outputs = self._model_fn(build_batch(jobs))
+        self._metrics.compute.observe(time.perf_counter() - start)
+        self._metrics.batch_size.observe(sum(job.rows for job in jobs))
+        self._metrics.batch_requests.observe(len(jobs))
+        return split_outputs(jobs, outputs)

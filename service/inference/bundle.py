@@ -1,0 +1,92 @@
+"""A loaded model bundle: manifest, TR-DETR ONNX session and the optional text encoder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from service.inference.session import OnnxModel
+from service.inference.text_encoder import TextEncoder
+from trdetr_common.features import tef_columns
+from trdetr_common.manifest import Manifest, verify_files
+
+log = logging.getLogger(__name__)
+
+
+class BundleError(RuntimeError):
+    """The bundle directory cannot be served (missing files, checksum mismatch, wrong precision)."""
+
+
+class ModelBundle:
+    """Everything the service needs from ``trdetr-export``'s output directory."""
+
+    def __init__(
+        self,
+        bundle_dir: Path,
+        *,
+        precision: Literal["fp32", "fp16"] = "fp32",
+        device: Literal["auto", "cpu", "cuda"] = "auto",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+    ) -> None:
+        self.dir = Path(bundle_dir)
+        try:
+            self.manifest = Manifest.load(self.dir)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot read the bundle manifest in {self.dir}: {exc}") from exc
+        if problems := verify_files(self.dir, self.manifest):
+            raise BundleError(f"bundle {self.dir} is damaged: " + "; ".join(problems))
+        self.pre = self.manifest.preprocessing
+        self.precision = precision
+        threads = {"device": device, "intra_op_threads": intra_op_threads, "inter_op_threads": inter_op_threads}
+        self.model = OnnxModel(self.dir / self._model_file(precision), **threads)
+        self.text_encoder: TextEncoder | None = None
+        spec = self.pre.text_encoder
+        if spec.onnx_file and spec.tokenizer_file:
+            self.text_encoder = TextEncoder(self.dir, self.pre, OnnxModel(self.dir / spec.onnx_file, **threads))
+
+    def _model_file(self, precision: str) -> str:
+        if precision == "fp32":
+            return self.manifest.onnx.fp32_file
+        if not self.manifest.onnx.fp16_file:
+            raise BundleError(f"TRDETR_PRECISION=fp16 but bundle {self.dir} has no fp16 graph; use fp32.")
+        return self.manifest.onnx.fp16_file
+
+    @property
+    def providers(self) -> list[str]:
+        return self.model.providers
+
+    @property
+    def stored_dim(self) -> int:
+        """Width of stored video features: the groups concatenated, without TEF."""
+        return sum(g.dim for g in self.pre.video_groups)
+
+    def video_input(self, features: np.ndarray) -> np.ndarray:
+        """Stored features (T, stored_dim) -> model video input (T, video_input_dim), TEF appended."""
+        features = np.asarray(features, dtype=np.float32)
+        if self.pre.tef:
+            features = np.concatenate([features, tef_columns(features.shape[0])], axis=1)
+        return features
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The TR-DETR graph on a padded batch (see ``service.inference.batcher.build_batch``)."""
+        return self.model.run(feeds)
+
+    def warmup(self, runs: int) -> None:
+        """Run the model (and text encoder) ``runs`` times on a full-size dummy batch."""
+        rng = np.random.default_rng(0)
+        clips, tokens = self.pre.max_video_clips, self.pre.max_text_tokens
+        feeds = {
+            "src_txt": rng.standard_normal((1, tokens, self.pre.text_dim), dtype=np.float32),
+            "src_txt_mask": np.ones((1, tokens), dtype=np.float32),
+            "src_vid": self.video_input(rng.standard_normal((clips, self.stored_dim), dtype=np.float32))[None],
+            "src_vid_mask": np.ones((1, clips), dtype=np.float32),
+        }
+        for _ in range(runs):
+            self.run(feeds)
+            if self.text_encoder is not None:
+                self.text_encoder.encode(["a person is cooking in the kitchen"])
+        log.info("warm-up done (%d runs)", runs)

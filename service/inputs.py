@@ -1,0 +1,95 @@
+"""Turn a search request into model inputs: the video ``(T, D)`` and one ``(L, text_dim)`` per query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from service.dependencies import Runtime
+from service.errors import InvalidInput
+from service.schemas import QueryIn, SearchRequest
+from service.uploads import decode_base64, parse_query_features, parse_video
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """``video`` (T, stored_dim) normalised features without TEF; ``texts`` N arrays (L_i, text_dim)."""
+
+    video_id: str | None
+    video: np.ndarray
+    texts: list[np.ndarray]
+    query_texts: list[str | None]
+
+    @property
+    def num_clips(self) -> int:
+        return int(self.video.shape[0])
+
+
+def check_query_limits(runtime: Runtime, queries: list[QueryIn]) -> None:
+    """422 for too many queries, over-long texts, or text queries without a text encoder."""
+    settings = runtime.settings
+    if len(queries) > settings.max_queries_per_request:
+        runtime.metrics.rejected.labels("too_many_queries").inc()
+        raise InvalidInput(
+            f"{len(queries)} queries in one request; at most {settings.max_queries_per_request} are allowed. "
+            "Split them over several requests.",
+            {"queries": len(queries), "max_queries": settings.max_queries_per_request}, code="too_many_queries",
+        )
+    for index, query in enumerate(queries):
+        if query.text is not None and len(query.text) > settings.max_query_chars:
+            raise InvalidInput(
+                f"queries[{index}] has {len(query.text)} characters; at most {settings.max_query_chars} are "
+                "allowed.", {"index": index, "max_chars": settings.max_query_chars}, code="query_too_long",
+            )
+    assert runtime.bundle is not None
+    if runtime.bundle.text_encoder is None and any(q.text is not None for q in queries):
+        raise InvalidInput(
+            "This model bundle has no text encoder, so text queries cannot be encoded. Send query features "
+            f"instead ('features_b64': a .npy of ({runtime.bundle.pre.text_dim}-d) token features: "
+            f"{runtime.bundle.pre.text_encoder.expected}), or export the bundle with a text encoder.",
+            code="text_encoder_missing",
+        )
+
+
+def _encode_queries(runtime: Runtime, queries: list[QueryIn]) -> list[np.ndarray]:
+    """Worker thread: decode feature queries, encode all text queries in one run."""
+    assert runtime.bundle is not None
+    pre = runtime.bundle.pre
+    features: list[np.ndarray | None] = [
+        parse_query_features(decode_base64(q.features_b64, f"queries[{i}].features_b64"), pre, i)
+        if q.features_b64 is not None else None
+        for i, q in enumerate(queries)
+    ]
+    text_rows = [i for i, q in enumerate(queries) if q.text is not None]
+    if text_rows:
+        assert runtime.bundle.text_encoder is not None
+        encoded = runtime.bundle.text_encoder.encode([queries[i].text or "" for i in text_rows])
+        for row, array in zip(text_rows, encoded, strict=True):
+            features[row] = array
+    return [array for array in features if array is not None]
+
+
+async def _load_video(runtime: Runtime, request: SearchRequest) -> np.ndarray:
+    """Stored features from Redis, or the inline file validated like an upload."""
+    assert runtime.bundle is not None
+    if request.video_id is not None:
+        assert runtime.store is not None
+        return (await runtime.store.get(request.video_id)).features
+    assert request.video is not None
+    body = decode_base64(request.video.data_b64, "video.data_b64")
+    parsed = await run_in_threadpool(
+        parse_video, body, request.video.format, runtime.bundle.pre,
+        max_clips=runtime.max_clips, max_unpacked_bytes=4 * runtime.settings.max_body_bytes,
+    )
+    return parsed.features
+
+
+async def resolve_inputs(runtime: Runtime, request: SearchRequest) -> SearchInputs:
+    """Validate limits, then fetch the video and encode the queries (422/404/503 on problems)."""
+    queries = request.query_objects()
+    check_query_limits(runtime, queries)
+    texts = await run_in_threadpool(_encode_queries, runtime, queries)
+    video = await _load_video(runtime, request)
+    return SearchInputs(request.video_id, video, texts, [q.text for q in queries])

@@ -1,0 +1,95 @@
+"""``POST /v1/moments`` and ``POST /v1/highlights``: run queries against one video."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from service.auth import require_api_key
+from service.dependencies import ReadyRuntimeDep, Runtime
+from service.inference.batcher import RowOutput
+from service.inputs import SearchInputs, resolve_inputs
+from service.schemas import (
+    ClipScore,
+    HighlightsRequest,
+    HighlightsResponse,
+    Moment,
+    MomentsRequest,
+    MomentsResponse,
+    QueryHighlights,
+    QueryMoments,
+    SearchRequest,
+)
+from trdetr_common.postprocess import clip_saliency, rank_moments, top_clips
+
+router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)])
+
+_ERRORS = {
+    401: {"description": "API key missing"},
+    403: {"description": "API key wrong"},
+    404: {"description": "Unknown video_id"},
+    413: {"description": "Body too large"},
+    422: {"description": "Invalid input (the message says what to fix)"},
+    429: {"description": "Inference queue full (see Retry-After)"},
+    503: {"description": "Feature cache unreachable (send features inline) or model not ready"},
+    504: {"description": "Inference deadline exceeded"},
+}
+
+
+async def _infer(runtime: Runtime, request: SearchRequest) -> tuple[SearchInputs, list[RowOutput]]:
+    """Resolve the inputs and run every query of the request as rows of one batch job."""
+    assert runtime.bundle is not None and runtime.batcher is not None
+    inputs = await resolve_inputs(runtime, request)
+    video = runtime.bundle.video_input(inputs.video)
+    rows = await runtime.batcher.infer(inputs.texts, video, runtime.settings.request_timeout_s)
+    return inputs, rows
+
+
+@router.post("/moments", response_model=MomentsResponse, responses=_ERRORS, summary="Moment retrieval")
+async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep) -> MomentsResponse:
+    """Ranked moments `{start, end, score}` per query, best first.
+
+    `score` is the foreground probability of the moment (softmax over the model's two class
+    logits), 0-1. Times are in seconds, clamped to the video and rounded to whole clips as the
+    official post-processing does; `nms_iou` removes moments overlapping a better one by more than
+    that IoU, `min_score` drops weak ones, `top_k` caps the list.
+    """
+    inputs, rows = await _infer(runtime, body)
+    assert runtime.bundle is not None
+    clip_length = runtime.bundle.pre.clip_length_s
+    results = []
+    for index, (text, row) in enumerate(zip(inputs.query_texts, rows, strict=True)):
+        ranked = rank_moments(
+            row.pred_logits, row.pred_spans, num_clips=inputs.num_clips, clip_length_s=clip_length,
+            top_k=body.top_k, nms_iou=body.nms_iou, min_score=body.min_score or 0.0,
+        )
+        moments_ = [Moment(start=float(s), end=float(e), score=float(p)) for s, e, p in ranked]
+        results.append(QueryMoments(query_index=index, text=text, moments=moments_))
+    return MomentsResponse(video_id=inputs.video_id, num_clips=inputs.num_clips,
+                           duration_s=inputs.num_clips * clip_length, results=results)
+
+
+@router.post("/highlights", response_model=HighlightsResponse, responses=_ERRORS, summary="Highlight detection")
+async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep) -> HighlightsResponse:
+    """Per query, the saliency of every clip and the `top_k` highlight clips.
+
+    `raw` is the model's saliency score: an unbounded logit-like value that is often negative.
+    Only its order within one video and query is meaningful (it is not a probability, and raw
+    values are not comparable across videos or queries). `normalized` rescales it to 0-1 within
+    this video and query: `(raw - min) / (max - min)`, 1 for the most salient clip, 0 for the
+    least; a video whose clips all score the same gets 1 everywhere.
+    """
+    inputs, rows = await _infer(runtime, body)
+    assert runtime.bundle is not None
+    clip_length = runtime.bundle.pre.clip_length_s
+    results = []
+    for index, (text, row) in enumerate(zip(inputs.query_texts, rows, strict=True)):
+        scores = clip_saliency(row.saliency, clip_length)
+        clips = [
+            ClipScore(clip=i, start=float(scores.start_s[i]), end=float(scores.end_s[i]),
+                      raw=float(scores.raw[i]), normalized=float(scores.normalized[i]))
+            for i in range(inputs.num_clips)
+        ]
+        best = [clips[int(i)] for i in top_clips(scores.raw, body.top_k)]
+        results.append(QueryHighlights(query_index=index, text=text, clips=clips, top_clips=best))
+    return HighlightsResponse(video_id=inputs.video_id, num_clips=inputs.num_clips,
+                              duration_s=inputs.num_clips * clip_length, results=results)

@@ -1,0 +1,81 @@
+"""``/v1/videos/{video_id}``: upload, inspect and delete cached per-clip video features."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from starlette.concurrency import run_in_threadpool
+
+from service.auth import require_api_key
+from service.dependencies import ReadyRuntimeDep, Runtime
+from service.schemas import VIDEO_ID_PATTERN, Deleted, VideoInfo
+from service.uploads import NPY_TYPES, NPZ_TYPES, file_format, parse_video
+
+router = APIRouter(prefix="/v1/videos", tags=["videos"], dependencies=[Depends(require_api_key)])
+
+VideoId = Annotated[str, Path(pattern=VIDEO_ID_PATTERN, description="Your id for the video.",
+                              examples=["RoripwjYFp8_60.0_210.0"])]
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The raw bytes of a .npy (T, D) file in the manifest's full layout without TEF, or of "
+        "a .npz with one (T_g, d_g) array per feature group named as in the manifest (e.g. 'slowfast', "
+        "'clip'). float16 or float32.",
+        "content": {mime: _BINARY for mime in (*NPY_TYPES, *NPZ_TYPES, "application/octet-stream")},
+    }
+}
+
+
+def _video_info(runtime: Runtime, video_id: str, meta: dict[str, Any]) -> VideoInfo:
+    assert runtime.bundle is not None
+    pre = runtime.bundle.pre
+    return VideoInfo(
+        video_id=video_id, num_clips=meta["num_clips"], duration_s=meta["num_clips"] * pre.clip_length_s,
+        clip_length_s=pre.clip_length_s, dim=meta["dim"], groups={g.name: g.dim for g in pre.video_groups},
+        storage_dtype=meta["storage_dtype"], ttl_s=meta["ttl_s"], expires_at=time.time() + meta["ttl_s"],
+        notes=meta.get("notes", []),
+    )
+
+
+@router.put("/{video_id}/features", response_model=VideoInfo, openapi_extra=_UPLOAD_BODY,
+            summary="Store one video's clip features",
+            responses={413: {"description": "Body too large"}, 415: {"description": "Not a .npy/.npz content type"},
+                       422: {"description": "Wrong shape, dtype, NaN/Inf, too long, corrupt file"},
+                       503: {"description": "Feature cache unreachable"}})
+async def put_features(video_id: VideoId, request: Request, runtime: ReadyRuntimeDep) -> VideoInfo:
+    """Validate, normalise (as the manifest says) and store the features with a TTL.
+
+    Storing the same id again replaces the old features atomically. Groups of different lengths
+    are cut to the shortest, as the official dataset does, and the response's `notes` say so.
+    Features are kept as float16 (`storage_dtype`).
+    """
+    assert runtime.bundle is not None and runtime.store is not None
+    body = await request.body()
+    fmt = file_format(request.headers.get("content-type"), body)
+    parsed = await run_in_threadpool(
+        parse_video, body, fmt, runtime.bundle.pre,
+        max_clips=runtime.max_clips, max_unpacked_bytes=4 * runtime.settings.max_body_bytes,
+    )
+    meta = {"num_clips": parsed.num_clips, "dim": int(parsed.features.shape[1]),
+            "group_lengths": parsed.group_lengths, "notes": parsed.notes}
+    stored = await runtime.store.put(video_id, parsed.features, meta)
+    return _video_info(runtime, video_id, stored)
+
+
+@router.get("/{video_id}", response_model=VideoInfo, summary="Stored video metadata and TTL left",
+            responses={404: {"description": "Unknown video"}, 503: {"description": "Feature cache unreachable"}})
+async def get_video(video_id: VideoId, runtime: ReadyRuntimeDep) -> VideoInfo:
+    assert runtime.store is not None
+    return _video_info(runtime, video_id, await runtime.store.metadata(video_id))
+
+
+@router.delete("/{video_id}", response_model=Deleted, summary="Delete a stored video",
+               responses={404: {"description": "Unknown video"}, 503: {"description": "Feature cache unreachable"}})
+async def delete_video(video_id: VideoId, runtime: ReadyRuntimeDep) -> Deleted:
+    assert runtime.store is not None
+    await runtime.store.delete(video_id)
+    return Deleted(video_id=video_id)

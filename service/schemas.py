@@ -1,0 +1,219 @@
+"""Request and response models of the public API (with the examples shown in OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+VIDEO_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests --------------------------------------------------------------------------------
+class InlineVideo(_In):
+    """Video features sent with the request instead of a stored ``video_id`` (one-off calls)."""
+
+    format: Literal["npy", "npz"] = Field(description="Layout of the decoded bytes, as for the upload endpoint.")
+    data_b64: str = Field(min_length=1, description="base64 of the .npy / .npz file bytes.")
+
+
+class QueryIn(_In):
+    """One query: a text (needs a bundle with a text encoder) or precomputed token features."""
+
+    text: str | None = Field(default=None, description="Natural-language query.")
+    features_b64: str | None = Field(
+        default=None,
+        description="base64 of a .npy (tokens, text_dim) float16/float32 array of token features "
+        "(e.g. CLIP text last_hidden_state of the real tokens); normalised by the service.",
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("query text is empty; send a non-empty text")
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> QueryIn:
+        if (self.text is None) == (self.features_b64 is None):
+            raise ValueError("give exactly one of 'text' or 'features_b64' per query")
+        return self
+
+
+class SearchRequest(_In):
+    """Which video to search and the queries to run on it (all queries run as one batch)."""
+
+    video_id: str | None = Field(default=None, pattern=VIDEO_ID_PATTERN, description="A stored video.")
+    video: InlineVideo | None = Field(default=None, description="Inline features instead of video_id.")
+    queries: list[str | QueryIn] = Field(
+        min_length=1, description="Query texts (plain strings) and/or query objects."
+    )
+    top_k: int = Field(default=5, ge=1, le=100, description="How many moments / highlight clips to return.")
+
+    @field_validator("queries")
+    @classmethod
+    def _as_objects(cls, queries: list[str | QueryIn]) -> list[str | QueryIn]:
+        return [QueryIn(text=q) if isinstance(q, str) else q for q in queries]
+
+    @model_validator(mode="after")
+    def _one_video(self) -> SearchRequest:
+        if (self.video_id is None) == (self.video is None):
+            raise ValueError("give exactly one of 'video_id' (stored features) or 'video' (inline features)")
+        return self
+
+    def query_objects(self) -> list[QueryIn]:
+        return [q for q in self.queries if isinstance(q, QueryIn)]
+
+
+class MomentsRequest(SearchRequest):
+    nms_iou: float | None = Field(
+        default=None, ge=0, le=1, description="Drop moments overlapping a better one by more than this IoU."
+    )
+    min_score: float | None = Field(default=None, ge=0, le=1, description="Drop moments scoring below this.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"video_id": "RoripwjYFp8_60.0_210.0", "queries": ["a man plays the guitar on stage"], "top_k": 5,
+                 "nms_iou": 0.7},
+            ]
+        },
+    )
+
+
+class HighlightsRequest(SearchRequest):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"video_id": "RoripwjYFp8_60.0_210.0", "queries": ["a man plays the guitar"], "top_k": 3}]
+        },
+    )
+
+
+# --- responses -------------------------------------------------------------------------------
+class VideoInfo(BaseModel):
+    video_id: str
+    num_clips: int = Field(description="Clips stored (after cutting groups to the shortest).")
+    duration_s: float = Field(description="num_clips x clip_length_s.")
+    clip_length_s: float
+    dim: int = Field(description="Stored feature width (groups concatenated, without TEF).")
+    groups: dict[str, int] = Field(description="Feature group name -> width.")
+    storage_dtype: str = Field(description="How the features are kept in Redis.")
+    ttl_s: int = Field(description="Seconds until the features expire.")
+    expires_at: float = Field(description="Unix time of expiry.")
+    notes: list[str] = Field(default_factory=list, description="What the service changed (e.g. truncation).")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"video_id": "RoripwjYFp8_60.0_210.0", "num_clips": 75, "duration_s": 150.0, "clip_length_s": 2.0,
+                 "dim": 2816, "groups": {"slowfast": 2304, "clip": 512}, "storage_dtype": "float16-le-rowmajor",
+                 "ttl_s": 604800, "expires_at": 1767225600.0, "notes": []}
+            ]
+        }
+    )
+
+
+class Deleted(BaseModel):
+    video_id: str
+    deleted: bool = True
+
+
+class Moment(BaseModel):
+    start: float = Field(description="Seconds from the video start.")
+    end: float = Field(description="Seconds from the video start (> start, <= duration).")
+    score: float = Field(description="Foreground probability of the moment, 0-1 (softmax of the class logits).")
+
+
+class QueryMoments(BaseModel):
+    query_index: int
+    text: str | None = Field(description="The query text, or null for a features query.")
+    moments: list[Moment] = Field(description="Best first.")
+
+
+class MomentsResponse(BaseModel):
+    video_id: str | None
+    num_clips: int
+    duration_s: float
+    results: list[QueryMoments]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"video_id": "RoripwjYFp8_60.0_210.0", "num_clips": 75, "duration_s": 150.0,
+                 "results": [{"query_index": 0, "text": "a man plays the guitar on stage",
+                              "moments": [{"start": 24.0, "end": 58.0, "score": 0.91},
+                                          {"start": 96.0, "end": 110.0, "score": 0.42}]}]}
+            ]
+        }
+    )
+
+
+class ClipScore(BaseModel):
+    clip: int = Field(description="Clip index, 0-based.")
+    start: float = Field(description="Clip start in seconds.")
+    end: float = Field(description="Clip end in seconds.")
+    raw: float = Field(
+        description="The model's saliency logit: unbounded, often negative; only its order within one "
+        "video and query means anything."
+    )
+    normalized: float = Field(description="(raw - min) / (max - min) over this video's clips for this query, 0-1.")
+
+
+class QueryHighlights(BaseModel):
+    query_index: int
+    text: str | None
+    clips: list[ClipScore] = Field(description="Every clip in time order.")
+    top_clips: list[ClipScore] = Field(description="The top_k clips by saliency, best first.")
+
+
+class HighlightsResponse(BaseModel):
+    video_id: str | None
+    num_clips: int
+    duration_s: float
+    results: list[QueryHighlights]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"video_id": "RoripwjYFp8_60.0_210.0", "num_clips": 2, "duration_s": 4.0,
+                 "results": [{"query_index": 0, "text": "a man plays the guitar",
+                              "clips": [{"clip": 0, "start": 0.0, "end": 2.0, "raw": -1.3, "normalized": 0.0},
+                                        {"clip": 1, "start": 2.0, "end": 4.0, "raw": 0.7, "normalized": 1.0}],
+                              "top_clips": [{"clip": 1, "start": 2.0, "end": 4.0, "raw": 0.7, "normalized": 1.0}]}]}
+            ]
+        }
+    )
+
+
+class ModelInfo(BaseModel):
+    bundle_dir: str
+    format_version: int
+    created_at: str
+    untrained: bool = Field(description="True for demo bundles with random weights: answers are meaningless.")
+    source_checkpoint: dict
+    precision: str
+    providers: list[str] = Field(description="ONNX Runtime execution providers actually active.")
+    text_encoder: bool = Field(description="Whether text queries are accepted.")
+    text_features_expected: str
+    feature_layout: str = Field(description="Version of the stored-feature layout (part of the Redis keys).")
+    video_groups: dict[str, int]
+    video_input_dim: int
+    text_dim: int
+    clip_length_s: float
+    max_video_clips: int
+    max_text_tokens: int
+    num_queries: int | None = Field(description="Moment queries (candidate spans) the model predicts.")
+    outputs: dict[str, str]
+    limits: dict[str, int | float]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting", "not_ready"]
+    checks: dict[str, str | bool | list[str]] = Field(default_factory=dict)
