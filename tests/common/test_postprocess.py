@@ -159,3 +159,11 @@ def test_official_hl_scores_reproduce_the_official_jsonl_values():
     for row in rows:
         scores = row["pred_saliency_scores"]
         assert official_hl_scores(np.array(scores, dtype=np.float32)) == scores
+
+
+def test_foreground_scores_agree_with_torch_softmax_to_float32_rounding():
+    torch = pytest.importorskip("torch", reason="torch is only needed to cross-check the softmax")
+    logits = (np.random.default_rng(0).standard_normal((10_000, 2)) * 5).astype(np.float32)
+    expected = torch.softmax(torch.from_numpy(logits), -1)[:, 0].numpy()
+    # numpy's and torch's float32 exp may differ in the last bit: scores agree to ~1 ulp
+    np.testing.assert_allclose(foreground_scores(logits), expected, rtol=0, atol=2.5e-7)
