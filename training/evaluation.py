@@ -204,7 +204,7 @@ def moment_average_precision(
     taken = np.zeros((len(thresholds), len(gt_windows)), dtype=bool)
     true_pos = np.zeros((len(thresholds), len(pred_windows)))
     for p, row in enumerate(ious):
-        by_iou = row.argsort()[::-1]  # official order, NaN first, equal IoUs: later window first
+        by_iou = row.argsort()[::-1]  # the official call, so ties and NaN (first) order the same way
         # a window qualifies unless its IoU is below the threshold (NaN qualifies, as official)
         free = ~(row[by_iou][None, :] < thresholds[:, None]) & ~taken[:, by_iou]
         hit = free.any(axis=1)
