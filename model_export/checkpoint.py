@@ -88,8 +88,11 @@ def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
                 f"environment with model_export.save_checkpoint(..., fmt='trdetr-service')."
             ) from exc
         raise CheckpointFormatError(f"{path}: not a torch checkpoint ({exc})") from exc
-    except RuntimeError as exc:
-        raise CheckpointFormatError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:  # torch raises assorted types for truncated / foreign files
+        raise CheckpointFormatError(
+            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def _opt_to_dict(opt: Any) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""The model traces to ONNX with dynamic batch and lengths (legacy TorchScript exporter, dynamo=False)
+and ONNX Runtime then equals torch at lengths other than the traced ones."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from .conftest import perturbed_model, random_inputs, tiny_config
+
+INPUTS = ["src_txt", "src_txt_mask", "src_vid", "src_vid_mask"]
+OUTPUTS = ["pred_logits", "pred_spans", "saliency_scores", "aux_spans"]
+
+
+class _TupleOutputs(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, src_txt, src_txt_mask, src_vid, src_vid_mask):
+        out = self.model(src_txt, src_txt_mask, src_vid, src_vid_mask)
+        aux_spans = torch.stack([a["pred_spans"] for a in out["aux_outputs"]], dim=1)
+        return out["pred_logits"], out["pred_spans"], out["saliency_scores"], aux_spans
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    config = tiny_config(enc_layers=1, dec_layers=2)
+    wrapper = _TupleOutputs(perturbed_model(config, seed=5)).eval()
+    path = tmp_path_factory.mktemp("onnx") / "trdetr.onnx"
+    dynamic = {"src_txt": {0: "batch", 1: "L_t"}, "src_txt_mask": {0: "batch", 1: "L_t"},
+               "src_vid": {0: "batch", 1: "L_v"}, "src_vid_mask": {0: "batch", 1: "L_v"},
+               "pred_logits": {0: "batch"}, "pred_spans": {0: "batch"},
+               "saliency_scores": {0: "batch", 1: "L_v"}, "aux_spans": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, random_inputs(config, [(12, 5), (7, 3)]), str(path), dynamo=False,
+                          opset_version=17, input_names=INPUTS, output_names=OUTPUTS, dynamic_axes=dynamic)
+    return wrapper, config, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("lengths", [[(30, 9), (4, 1), (17, 2)], [(1, 1)], [(150, 20)]],
+                         ids=["batch3-mixed", "one-clip-one-token", "150-clips"])
+def test_onnx_runtime_equals_torch_at_untraced_shapes(exported, lengths):
+    wrapper, config, session = exported
+    inputs = random_inputs(config, lengths, seed=11)
+    with torch.no_grad():
+        expected = wrapper(*inputs)
+    got = session.run(OUTPUTS, {name: t.numpy() for name, t in zip(INPUTS, inputs, strict=True)})
+    for name, want, have in zip(OUTPUTS, expected, got, strict=True):
+        np.testing.assert_allclose(have, want.numpy(), rtol=0, atol=1e-4, err_msg=name)
