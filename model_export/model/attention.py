@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, nheads: int, key_valid: Tensor | None) -> Tensor:
-    """Scaled dot-product attention per head.
+def _attend(q: Tensor, k: Tensor, v: Tensor, nheads: int, key_valid: Tensor | None, dropout: float = 0.0,
+            training: bool = False) -> Tensor:
+    """Scaled dot-product attention per head (dropout on the attention weights while training).
 
     q: (batch, Lq, E), k: (batch, Lk, E), v: (batch, Lk, V); key_valid: (batch, Lk) bool, True = attend.
     Returns (batch, Lq, V) with heads concatenated in order.
@@ -21,20 +22,18 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, nheads: int, key_valid: Tensor | No
     scores = torch.matmul(q, k.transpose(-2, -1))  # (batch, heads, Lq, Lk)
     if key_valid is not None:
         scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-    out = torch.matmul(scores.softmax(dim=-1), v)  # (batch, heads, Lq, V / heads)
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout, training=training)
+    out = torch.matmul(weights, v)  # (batch, heads, Lq, V / heads)
     return out.transpose(1, 2).reshape(bsz, len_q, -1)
 
 
 class MultiheadAttention(nn.Module):
-    """`nn.MultiheadAttention` equivalent (same `in_proj_weight`/`in_proj_bias`/`out_proj` names).
+    """`nn.MultiheadAttention` equivalent (same `in_proj_weight`/`in_proj_bias`/`out_proj` names)."""
 
-    Attention dropout is not applied (inference parity; the official models train with it, which the
-    training issue may add back).
-    """
-
-    def __init__(self, embed_dim: int, num_heads: int):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
+        self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
@@ -46,7 +45,7 @@ class MultiheadAttention(nn.Module):
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
-        return self.out_proj(_attend(q, k, v, self.num_heads, key_valid))
+        return self.out_proj(_attend(q, k, v, self.num_heads, key_valid, self.dropout, self.training))
 
 
 class ProjectedMultiheadAttention(nn.Module):
@@ -56,12 +55,13 @@ class ProjectedMultiheadAttention(nn.Module):
     [content, position] per head), `vdim` the value width.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, vdim: int):
+    def __init__(self, embed_dim: int, num_heads: int, vdim: int, dropout: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
+        self.dropout = dropout
         self.out_proj = nn.Linear(vdim, vdim)
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_valid: Tensor | None = None) -> Tensor:
         """query: (batch, Lq, E), key: (batch, Lk, E), value: (batch, Lk, V) -> (batch, Lq, V)."""
-        return self.out_proj(_attend(query, key, value, self.num_heads, key_valid))
+        return self.out_proj(_attend(query, key, value, self.num_heads, key_valid, self.dropout, self.training))

@@ -34,7 +34,7 @@ class TransformerEncoderLayer(FeedForward):
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
         self._init_ffn(d_model, dim_feedforward, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
@@ -55,7 +55,7 @@ class T2VEncoderLayer(FeedForward):
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
         self._init_ffn(d_model, dim_feedforward, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
@@ -88,14 +88,14 @@ class TransformerDecoderLayer(FeedForward):
         self.nhead = nhead
         for name in ("sa_qcontent_proj", "sa_qpos_proj", "sa_kcontent_proj", "sa_kpos_proj", "sa_v_proj"):
             setattr(self, name, nn.Linear(d_model, d_model))
-        self.self_attn = ProjectedMultiheadAttention(d_model, nhead, vdim=d_model)
+        self.self_attn = ProjectedMultiheadAttention(d_model, nhead, vdim=d_model, dropout=dropout)
         self.norm1, self.dropout1 = nn.LayerNorm(d_model), nn.Dropout(dropout)
         self.ca_qcontent_proj = nn.Linear(d_model, d_model)
         # Only the first layer adds the query position to the cross-attention query (keep_query_pos=False).
         self.ca_qpos_proj = nn.Linear(d_model, d_model) if has_qpos_proj else None
         for name in ("ca_kcontent_proj", "ca_kpos_proj", "ca_v_proj", "ca_qpos_sine_proj"):
             setattr(self, name, nn.Linear(d_model, d_model))
-        self.cross_attn = ProjectedMultiheadAttention(2 * d_model, nhead, vdim=d_model)
+        self.cross_attn = ProjectedMultiheadAttention(2 * d_model, nhead, vdim=d_model, dropout=dropout)
         self._init_ffn(d_model, dim_feedforward, dropout)
         self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout)
