@@ -20,6 +20,7 @@ from service.settings import DEFAULT_BUNDLE_DIR
 SERVICE_TARGETS = ("cpu", "gpu")
 # What the service images copy from the repo; the service must not import the torch-side packages.
 SERVICE_PACKAGES = ("service", "trdetr_common")
+FIRST_PARTY = {"service", "trdetr_common", "model_export", "training"}
 TORCH_SIDE = {"torch", "model_export", "training", "transformers", "onnx", "onnxscript"}
 DEFAULT_BUNDLE = REPO / "service" / "default_bundle"
 
@@ -182,16 +183,39 @@ def test_gpu_image_uses_the_cuda_provider_and_finds_the_nvidia_wheels() -> None:
     assert "/opt/venv/nvidia/cudnn/lib" in env["LD_LIBRARY_PATH"].split(":")
 
 
-@pytest.mark.parametrize("package", SERVICE_PACKAGES)
-def test_packages_in_the_service_images_never_import_torch_side_code(package: str) -> None:
-    """The service images copy only these packages (and no torch): an import of torch-side code breaks them."""
-    offenders = []
+def _imported_top_level(package: str) -> dict[str, set[str]]:
+    """Top-level module name -> the files of ``package`` that import it (absolute imports only)."""
+    imported: dict[str, set[str]] = {}
     for source in sorted((REPO / package).rglob("*.py")):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
-            offenders += [f"{source.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in TORCH_SIDE]
-    assert not offenders, "\n".join(offenders)
+            for name in names:
+                imported.setdefault(name.split(".")[0], set()).add(str(source.relative_to(REPO)))
+    return imported
+
+
+def _copied_packages(target: str) -> set[str]:
+    commands = _chain(_stages(DOCKER_DIR / "Dockerfile"), target)
+    copies = [c for c in commands if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags)]
+    return {source.strip("/") for c in copies for source in c.value[:-1]} & FIRST_PARTY
+
+
+@pytest.mark.parametrize("package", SERVICE_PACKAGES)
+def test_packages_in_the_service_images_never_import_torch_side_code(package: str) -> None:
+    """The service images copy only these packages (and no torch): an import of torch-side code breaks them."""
+    imported = _imported_top_level(package)
+    offenders = {name: files for name, files in imported.items() if name in TORCH_SIDE}
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("target", ["build-cpu", "build-gpu", "export"])
+def test_each_image_copies_the_first_party_packages_its_code_imports(target: str) -> None:
+    copied = _copied_packages(target)
+    for package in copied:
+        missing = {name: files for name, files in _imported_top_level(package).items()
+                   if name in FIRST_PARTY - copied}
+        assert not missing, f"{target} copies {package}, which imports packages the image lacks: {missing}"
 
 
 def test_export_image_pins_the_cpu_build_of_torch() -> None:

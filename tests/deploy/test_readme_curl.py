@@ -29,9 +29,10 @@ URL = re.compile(r"^(?:https?://[^/\s]+|\$\{?\w+\}?|localhost(?::\d+)?|127\.0\.0
 
 
 def commands(markdown: str) -> list[str]:
-    """Shell lines (``\\`` continuations joined) that run ``curl``."""
+    """Each ``curl`` command in the text (``\\`` continuations joined, ``&&``/``;``/``|`` chains split)."""
     joined = re.sub(r"\s*\\\n\s*", " ", markdown)
-    return [line.strip() for line in joined.splitlines() if re.search(r"(^|[\s$(`])curl\s", line)]
+    segments = (part.strip() for line in joined.splitlines() for part in re.split(r"&&|\|\||;|\|", line))
+    return [segment for segment in segments if re.search(r"(^|[\s$(`])curl\s", segment)]
 
 
 def method_and_path(command: str) -> tuple[str, str] | None:
@@ -93,6 +94,9 @@ def test_curl_parsing_reads_method_and_path() -> None:
         assert method_and_path(command) == expected, command
     assert commands("run:\ncurl -X DELETE \\\n  localhost:8000/v1/videos/a\n") == [
         "curl -X DELETE localhost:8000/v1/videos/a"
+    ]
+    assert commands("curl -sf localhost:8000/readyz && curl -s localhost:8000/metrics | grep x") == [
+        "curl -sf localhost:8000/readyz", "curl -s localhost:8000/metrics"
     ]
 
 
