@@ -123,7 +123,9 @@ class TRDETRConfig:
         if missing:
             raise ConfigError(f"opt lacks {missing}: cannot tell the input feature widths")
         kwargs = {k: raw[k] for k in known if k in raw and raw[k] is not None}
-        kwargs["a_feat_dim"] = raw.get("a_feat_dim") or None
+        # The official build_model adds audio only when `a_feat_dir` is set (Lighthouse: when a_feat_dim is).
+        audio_off = "a_feat_dir" in raw and raw["a_feat_dir"] is None
+        kwargs["a_feat_dim"] = None if audio_off else (raw.get("a_feat_dim") or None)
         ctx_mode = str(raw.get("ctx_mode", "video_tef"))
         kwargs["use_tef"] = bool(raw.get("use_tef", "tef" in ctx_mode))
         kwargs["v_feat_dim"] = _resolve_v_feat_dim(raw, kwargs["use_tef"], kwargs["a_feat_dim"], vid_input_dim)
@@ -140,6 +142,8 @@ class TRDETRConfig:
         """Official-style opt (live semantics: `v_feat_dim` counts TEF, `use_tef` present)."""
         fields = dict(_OFFICIAL_OPT_DEFAULTS)
         fields.update(self.to_dict())
+        if self.a_feat_dim is not None:
+            fields["a_feat_dir"] = "audio_features"  # placeholder: the official code keys audio on it being set
         fields["clip_length"] = int(self.clip_length) if float(self.clip_length).is_integer() else self.clip_length
         return argparse.Namespace(**fields)
 

@@ -181,3 +181,12 @@ def test_config_dict_is_json_safe_and_round_trips():
     config = tiny_config(a_feat_dim=4)
     assert TRDETRConfig.from_opt(json.loads(json.dumps(config.to_dict()))) == config
     assert TRDETRConfig.from_opt(config.to_opt()) == config
+
+
+def test_official_opt_without_audio_dir_means_no_audio():
+    """The official build_model ignores a_feat_dim unless a_feat_dir is set."""
+    opt = tiny_config().to_opt()
+    opt.a_feat_dim = 2048
+    assert TRDETRConfig.from_opt(opt).a_feat_dim is None
+    audio = tiny_config(a_feat_dim=6)
+    assert TRDETRConfig.from_opt(audio.to_opt()) == audio
