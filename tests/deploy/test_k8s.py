@@ -146,6 +146,14 @@ def test_termination_grace_covers_prestop_and_uvicorn_drain(rendered: dict[str, 
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_service_links_cannot_clobber_trdetr_settings(rendered: dict[str, Resources], overlay: str) -> None:
+    """Kubernetes would set TRDETR_PORT=tcp://IP:80 for the Service `trdetr`, which Settings would read."""
+    services = [r["metadata"]["name"] for r in rendered[overlay] if r["kind"] == "Service"]
+    assert "trdetr" in services
+    assert _api(rendered[overlay])["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
 def test_pods_are_locked_down(rendered: dict[str, Resources], overlay: str) -> None:
     for workload in (_api(rendered[overlay]), _one(rendered[overlay], "StatefulSet", "trdetr-redis")):
         pod = workload["spec"]["template"]["spec"]
