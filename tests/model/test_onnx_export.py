@@ -53,3 +53,26 @@ def test_onnx_runtime_equals_torch_at_untraced_shapes(exported, lengths):
     got = session.run(OUTPUTS, {name: t.numpy() for name, t in zip(INPUTS, inputs, strict=True)})
     for name, want, have in zip(OUTPUTS, expected, got, strict=True):
         np.testing.assert_allclose(have, want.numpy(), rtol=0, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_also_handles_dynamic_shapes(tmp_path):
+    """torch 2.13's dynamo exporter works too (about 40 s to export; the legacy one takes about 2 s)."""
+    config = tiny_config(enc_layers=1, dec_layers=2)
+    wrapper = _TupleOutputs(perturbed_model(config, seed=5)).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    l_t, l_v = torch.export.Dim("L_t", min=1, max=64), torch.export.Dim("L_v", min=1, max=1024)
+    shapes = ({0: batch, 1: l_t}, {0: batch, 1: l_t}, {0: batch, 1: l_v}, {0: batch, 1: l_v})
+    path = tmp_path / "trdetr_dynamo.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, random_inputs(config, [(12, 5), (7, 3)]), str(path), dynamo=True,
+                          input_names=INPUTS, output_names=OUTPUTS, dynamic_shapes=shapes, verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for lengths in ([(30, 9), (4, 1), (17, 2)], [(1, 1)]):
+        inputs = random_inputs(config, lengths, seed=11)
+        with torch.no_grad():
+            expected = wrapper(*inputs)
+        got = session.run(OUTPUTS, {name: t.numpy() for name, t in zip(INPUTS, inputs, strict=True)})
+        for name, want, have in zip(OUTPUTS, expected, got, strict=True):
+            np.testing.assert_allclose(have, want.numpy(), rtol=0, atol=1e-4, err_msg=name)
