@@ -53,19 +53,25 @@ def check_query_limits(runtime: Runtime, queries: list[QueryIn]) -> None:
         )
 
 
-def _encode_queries(runtime: Runtime, queries: list[QueryIn]) -> list[np.ndarray]:
-    """Worker thread: decode feature queries, encode all text queries in one run."""
+def _decode_feature_queries(runtime: Runtime, queries: list[QueryIn]) -> list[np.ndarray | None]:
+    """Precomputed query features, normalised; None where the query is a text."""
     assert runtime.bundle is not None
     pre = runtime.bundle.pre
-    features: list[np.ndarray | None] = [
+    return [
         parse_query_features(decode_base64(q.features_b64, f"queries[{i}].features_b64"), pre, i)
         if q.features_b64 is not None else None
         for i, q in enumerate(queries)
     ]
+
+
+async def _encode_queries(runtime: Runtime, queries: list[QueryIn]) -> list[np.ndarray]:
+    """One (L_i, text_dim) array per query; all text queries are encoded in one run in a worker thread."""
+    features = _decode_feature_queries(runtime, queries)  # small arrays: cheaper than a thread hop
     text_rows = [i for i, q in enumerate(queries) if q.text is not None]
     if text_rows:
-        assert runtime.bundle.text_encoder is not None
-        encoded = runtime.bundle.text_encoder.encode([queries[i].text or "" for i in text_rows])
+        assert runtime.bundle is not None and runtime.bundle.text_encoder is not None
+        texts = [queries[i].text or "" for i in text_rows]
+        encoded = await run_in_threadpool(runtime.bundle.text_encoder.encode, texts)
         for row, array in zip(text_rows, encoded, strict=True):
             features[row] = array
     return [array for array in features if array is not None]
@@ -90,6 +96,6 @@ async def resolve_inputs(runtime: Runtime, request: SearchRequest) -> SearchInpu
     """Validate limits, then fetch the video and encode the queries (422/404/503 on problems)."""
     queries = request.query_objects()
     check_query_limits(runtime, queries)
-    texts = await run_in_threadpool(_encode_queries, runtime, queries)
+    texts = await _encode_queries(runtime, queries)
     video = await _load_video(runtime, request)
     return SearchInputs(request.video_id, video, texts, [q.text for q in queries])

@@ -2,7 +2,9 @@
 
 A *job* is one request: one video ``(T, D_v)`` (TEF included) and its ``N`` queries, each
 ``(L_t, D_t)``; it becomes ``N`` rows of the batch. The loop takes the first waiting job, then
-keeps taking jobs for at most ``max_wait_ms`` or until ``max_batch_size`` rows are collected,
+keeps taking jobs for at most ``max_wait_ms`` or until ``max_batch_size`` rows are collected
+(it only waits while other requests are still preparing their inputs, see :meth:`preparing`,
+so a lone request never pays the wait),
 pads every row to the batch's longest text and video and runs the model once in a worker thread
 (never on the event loop). The exported model is batch-invariant, so a row's outputs do not
 depend on what it was batched with; the outputs are cut back to each row's real video length.
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -102,7 +104,7 @@ class DynamicBatcher:
         max_queue_size: int,
         metrics: Metrics,
     ) -> None:
-        self._model_fn = model_fn
+        self.model_fn = model_fn
         self._max_rows = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
@@ -110,6 +112,24 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-batch")
         self._task: asyncio.Task[None] | None = None
         self._carry: _Job | None = None
+        self._preparing = 0
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Announce a request that will submit a job soon (it is fetching features / encoding text).
+
+        The batcher waits up to ``max_wait_ms`` for more jobs only while such requests exist.
+        """
+        self._preparing += 1
+        try:
+            yield
+        finally:
+            self._preparing -= 1
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch now."""
+        return self._queue.qsize()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="dynamic-batcher")
@@ -193,6 +213,8 @@ class DynamicBatcher:
         rows = first.rows if jobs else 0
         deadline = time.perf_counter() + self._max_wait_s
         while rows < self._max_rows:
+            if self._queue.empty() and self._preparing == 0:
+                break  # nobody else is coming: do not wait
             left = deadline - time.perf_counter()
             job = await self._next_job(left if left > 0 else None)
             if job is None:
@@ -212,7 +234,7 @@ class DynamicBatcher:
     def _run(self, jobs: list[_Job]) -> list[list[RowOutput]]:
         """Worker thread: pad, run the model once, split. Records batch size and compute time."""
         start = time.perf_counter()
-        outputs = self._model_fn(build_batch(jobs))
+        outputs = self.model_fn(build_batch(jobs))
         self._metrics.compute.observe(time.perf_counter() - start)
         self._metrics.batch_size.observe(sum(job.rows for job in jobs))
         self._metrics.batch_requests.observe(len(jobs))

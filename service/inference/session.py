@@ -40,13 +40,15 @@ def requested_providers(device: Literal["auto", "cpu", "cuda"], available: list[
 
 
 def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
-    """Explicit thread counts (0 intra-op threads = one per CPU core) and full graph optimisation."""
+    """Explicit thread counts (0 intra-op threads = one per CPU core), full graph optimisation, no spinning."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # No busy-waiting between runs: the event loop and Redis I/O share these cores with ORT.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

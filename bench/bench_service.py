@@ -1,0 +1,214 @@
+"""Benchmark: moment search over HTTP vs the bare ONNX Runtime session, at several concurrencies.
+
+Builds (once, cached in ``--work-dir``) a bundle of the released TR-DETR's size with random weights
+(hidden 256, 8 heads, FFN 1024, 2+2 layers, 2 input projections, 10 moment queries; video
+2304 + 512 + 2 TEF = 2818, text 512), starts ``trdetr-serve`` as a live uvicorn process, stores
+one 75-clip video and fires ``POST /v1/moments`` (one query of ``--tokens`` token features) from an
+httpx client at each concurrency. The bare session is the service's own ``OnnxModel`` with the
+same thread settings, run on the same inputs in the same process run, so the ratio
+``service p50 at concurrency 1 / bare ORT p50`` is the service's overhead (goal <= 1.15).
+
+    .venv/bin/python bench/bench_service.py --requests 200 --concurrency 1 8 32
+
+Not a test: numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.inference.session import OnnxModel  # noqa: E402
+from trdetr_common.features import build_text_features, build_video_features, tef_columns  # noqa: E402
+from trdetr_common.manifest import Manifest  # noqa: E402
+
+RELEASED = {"v_feat_dim": 2818, "t_feat_dim": 512, "hidden_dim": 256, "nheads": 8, "dim_feedforward": 1024,
+            "enc_layers": 2, "dec_layers": 2, "n_input_proj": 2, "num_queries": 10}
+
+
+def build_bundle(work_dir: Path) -> Path:
+    """Random released-size checkpoint -> ``export_bundle`` (torch is imported here only)."""
+    bundle = work_dir / "bundle"
+    if (bundle / "manifest.json").exists():
+        return bundle
+    import torch
+
+    from model_export.checkpoint import save_checkpoint
+    from model_export.config import TRDETRConfig
+    from model_export.export import export_bundle
+    from model_export.model import build_model
+
+    torch.manual_seed(0)
+    config = TRDETRConfig(**RELEASED)
+    checkpoint = save_checkpoint(work_dir / "released_size_random.ckpt", build_model(config).eval(), config)
+    export_bundle(checkpoint, bundle, run_parity=False)
+    return bundle
+
+
+def npy_b64(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def npz_bytes(groups: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **groups)
+    return buffer.getvalue()
+
+
+def percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
+    p50, p95, p99 = np.percentile(np.array(latencies_s) * 1000.0, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+class BareOrt:
+    """The service's own ``OnnxModel`` (same options) on the request's exact model inputs, batch 1."""
+
+    def __init__(self, bundle: Path, text: np.ndarray, video: np.ndarray, threads: int) -> None:
+        self.model = OnnxModel(bundle / Manifest.load(bundle).onnx.fp32_file, device="cpu", intra_op_threads=threads)
+        self.feeds = {"src_txt": text[None], "src_txt_mask": np.ones((1, len(text)), np.float32),
+                      "src_vid": video[None], "src_vid_mask": np.ones((1, len(video)), np.float32)}
+        for _ in range(5):
+            self.model.run(self.feeds)
+
+    def timed_run(self) -> float:
+        start = time.perf_counter()
+        self.model.run(self.feeds)
+        return time.perf_counter() - start
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(bundle: Path, port: int, threads: int, prefix: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRDETR_")}
+    env.update(TRDETR_BUNDLE_DIR=str(bundle), TRDETR_INTRA_OP_THREADS=str(threads), TRDETR_DEVICE="cpu",
+               TRDETR_REDIS_KEY_PREFIX=prefix, TRDETR_LOG_LEVEL="warning", TRDETR_MAX_QUEUE_SIZE="1024")
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)], cwd=REPO, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError("trdetr-serve exited during start-up")
+        time.sleep(0.3)
+    process.terminate()
+    raise RuntimeError("trdetr-serve did not become ready")
+
+
+async def load(base_url: str, body: dict, concurrency: int, requests: int,
+               bare: BareOrt | None = None) -> tuple[float, list[float], list[float]]:
+    """``requests`` POSTs from ``concurrency`` workers; returns (requests/s, latencies, bare ORT latencies).
+
+    With ``bare`` (concurrency 1 only) every request is preceded by one bare ORT run, so both are
+    measured under the same machine load (the build machines are shared).
+    """
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+        for _ in range(min(requests, 3 * concurrency)):  # warm connections and caches
+            assert (await client.post("/v1/moments", json=body)).status_code == 200
+        latencies: list[float] = []
+        bare_latencies: list[float] = []
+        left = requests
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                if bare is not None:
+                    bare_latencies.append(bare.timed_run())
+                start = time.perf_counter()
+                response = await client.post("/v1/moments", json=body)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{response.status_code}: {response.text}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start - sum(bare_latencies)
+        return requests / elapsed, latencies, bare_latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, help="use this bundle instead of building the released-size one")
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "trdetr-bench")
+    parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--clips", type=int, default=75)
+    parser.add_argument("--tokens", type=int, default=20, help="query length in tokens")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads")
+    args = parser.parse_args()
+
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    bundle = args.bundle or build_bundle(args.work_dir)
+    pre = Manifest.load(bundle).preprocessing
+    rng = np.random.default_rng(0)
+    groups = {g.name: rng.standard_normal((args.clips, g.dim)).astype(np.float32) for g in pre.video_groups}
+    tokens = rng.standard_normal((args.tokens, pre.text_dim)).astype(np.float32)
+    stored = build_video_features(list(groups.values()), normalize=pre.l2_normalize_video, tef=False)
+    video = np.concatenate([stored.astype(np.float16).astype(np.float32), tef_columns(args.clips)], axis=1)
+    text = build_text_features(tokens, normalize=pre.l2_normalize_text, max_tokens=pre.max_text_tokens)
+
+    bare = BareOrt(bundle, text, video, args.threads)
+    port, prefix = free_port(), f"trdetr-bench-{uuid.uuid4().hex[:8]}"
+    server = start_server(bundle, port, args.threads, prefix)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        put = httpx.put(f"{base_url}/v1/videos/bench/features", content=npz_bytes(groups),
+                        headers={"content-type": "application/x-npz"}, timeout=60)
+        put.raise_for_status()
+        body = {"video_id": "bench", "queries": [{"features_b64": npy_b64(tokens)}], "top_k": 5}
+        rows, ort_latencies = [], []
+        for concurrency in args.concurrency:
+            rps, latencies, bare_latencies = asyncio.run(
+                load(base_url, body, concurrency, args.requests, bare if concurrency == 1 else None))
+            rows.append((concurrency, rps, latencies))
+            ort_latencies += bare_latencies
+        if not ort_latencies:
+            ort_latencies = [bare.timed_run() for _ in range(args.requests)]
+        metrics = httpx.get(f"{base_url}/metrics").text
+        httpx.delete(f"{base_url}/v1/videos/bench")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+
+    ort_p50, ort_p95, ort_p99 = percentiles(ort_latencies)
+    print(f"\nbundle {bundle} | {args.clips} clips, {args.tokens}-token query, {args.threads} ORT threads, "
+          f"{args.requests} requests per level, CPU count {os.cpu_count()}")
+    print(f"{'':>16} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'p50/ORT':>8}")
+    print(f"{'bare ORT':>16} {1000 / ort_p50:8.1f} {ort_p50:8.2f} {ort_p95:8.2f} {ort_p99:8.2f} {1.0:8.2f}")
+    for concurrency, rps, latencies in rows:
+        p50, p95, p99 = percentiles(latencies)
+        print(f"{f'service c={concurrency}':>16} {rps:8.1f} {p50:8.2f} {p95:8.2f} {p99:8.2f} {p50 / ort_p50:8.2f}")
+    batches = [line for line in metrics.splitlines() if line.startswith("trdetr_inference_batch_size_")
+               and ("_sum" in line or "_count" in line)]
+    print("batch size (all levels):", "; ".join(batches))
+
+
+if __name__ == "__main__":
+    main()
