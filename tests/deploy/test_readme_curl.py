@@ -7,6 +7,7 @@ left out of the schema. An example for a route that does not exist fails the tes
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import shlex
@@ -67,6 +68,7 @@ def method_and_path(command: str) -> tuple[str, str] | None:
     return method, path
 
 
+@functools.cache
 def _routes() -> list[tuple[re.Pattern[str], set[str]]]:
     from service.app import create_app
 
