@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from deploy_helpers import REPO
 
-READMES = [REPO / "README.md", REPO / "docker" / "README.md", REPO / "k8s" / "README.md"]
+READMES = [REPO / "README.md", REPO / "service" / "README.md", REPO / "docker" / "README.md", REPO / "k8s" / "README.md"]
 # curl options whose next token is their value (so it is not mistaken for the URL).
 OPTIONS_WITH_VALUE = {
     "-H", "--header", "-d", "--data", "--data-raw", "--data-binary", "--data-urlencode", "--json", "-F",
