@@ -1,0 +1,139 @@
+"""Helpers of the service tests: bundles, feature files and the torch reference answers."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.app import create_app
+from service.settings import Settings
+from trdetr_common.features import build_text_features, build_video_features, tef_columns
+from trdetr_common.manifest import Manifest, PreprocessingContract
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / ".." / "shared"
+SMALL_CHECKPOINT = SHARED / "fixtures" / "official_small" / "checkpoint.ckpt"
+DEFAULT_BUNDLE = REPO / "service" / "default_bundle"
+SMALL_GROUPS = "slowfast:24,clip:8"
+
+
+def export_small_bundle(out_dir: Path) -> Path:
+    """Export the official small golden checkpoint (or, without shared data, a random small one)."""
+    from model_export.export import export_bundle, parse_video_groups  # torch: tests only, never the service
+
+    checkpoint = SMALL_CHECKPOINT
+    if not checkpoint.exists():
+        checkpoint = _random_small_checkpoint(out_dir.parent / "random_small.ckpt")
+    bundle = out_dir / "bundle"
+    # the fixture's two groups (see its README), so uploads exercise the multi-group path
+    export_bundle(checkpoint, bundle, run_parity=False, video_groups=parse_video_groups(SMALL_GROUPS))
+    return bundle
+
+
+def _random_small_checkpoint(path: Path) -> Path:
+    """A small random TR-DETR in the official checkpoint layout (shared fixture absent)."""
+    import torch
+
+    from model_export.checkpoint import save_checkpoint
+    from model_export.config import TRDETRConfig
+    from model_export.model import build_model
+
+    torch.manual_seed(0)
+    config = TRDETRConfig(v_feat_dim=34, t_feat_dim=16, nheads=4, dim_feedforward=64, num_queries=5)
+    return save_checkpoint(path, build_model(config).eval(), config)
+
+
+# --- feature files ---------------------------------------------------------------------------
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def random_groups(pre: PreprocessingContract, clips: int | dict[str, int], seed: int,
+                  dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Raw (unnormalised) per-group features, ``{name: (T_g, d_g)}``."""
+    rng = np.random.default_rng(seed)
+    lengths = clips if isinstance(clips, dict) else {g.name: clips for g in pre.video_groups}
+    return {g.name: rng.standard_normal((lengths[g.name], g.dim)).astype(dtype) for g in pre.video_groups}
+
+
+def full_layout(groups: dict[str, np.ndarray]) -> np.ndarray:
+    """The groups concatenated into the single-array (.npy) layout (T, sum d_g)."""
+    clips = min(len(a) for a in groups.values())
+    return np.concatenate([a[:clips] for a in groups.values()], axis=1)
+
+
+def random_text(pre: PreprocessingContract, tokens: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((tokens, pre.text_dim)).astype(np.float32)
+
+
+def model_video(groups: dict[str, np.ndarray], pre: PreprocessingContract, *, stored: bool) -> np.ndarray:
+    """What the model sees for these groups: normalised, concatenated, TEF appended.
+
+    ``stored=True`` rounds the features to float16 first, as the Redis cache keeps them.
+    """
+    video = build_video_features(list(groups.values()), normalize=pre.l2_normalize_video, tef=False,
+                                 eps=pre.l2_eps)
+    if stored:
+        video = video.astype(np.float16).astype(np.float32)
+    return np.concatenate([video, tef_columns(len(video))], axis=1) if pre.tef else video
+
+
+def model_text(tokens: np.ndarray, pre: PreprocessingContract) -> np.ndarray:
+    return build_text_features(tokens, normalize=pre.l2_normalize_text, max_tokens=pre.max_text_tokens,
+                               eps=pre.l2_eps)
+
+
+class TorchReference:
+    """The torch TR-DETR of a checkpoint, run one query at a time (batch 1, no padding)."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        from model_export.checkpoint import load_checkpoint
+
+        self.model, self.config = load_checkpoint(checkpoint)
+
+    def __call__(self, text: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
+        """``text`` (L_t, D_t), ``video`` (T, D_v incl. TEF) -> pred_logits (Q, 2), pred_spans (Q, 2),
+        saliency_scores (T,)."""
+        import torch
+
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(text)[None], torch.ones(1, len(text)),
+                             torch.from_numpy(video)[None], torch.ones(1, len(video)))
+        return {name: out[name][0].numpy() for name in ("pred_logits", "pred_spans", "saliency_scores")}
+
+
+def manifest_of(bundle: Path) -> Manifest:
+    return Manifest.load(bundle)
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A fresh app with its lifespan running, behind an httpx client on the ASGI transport.
+
+    httpx's ASGITransport does not run lifespans, so the app's lifespan context is entered here.
+    ``client.app`` is the app (tests read ``app.state.runtime``).
+    """
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service", timeout=60) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
