@@ -50,6 +50,20 @@ class TextEncoderSpec(_Strict):
     )
     tokenizer_file: str | None = Field(default=None, description="tokenizer.json for the `tokenizers` library.")
     context_length: int | None = Field(default=None, description="Tokenizer truncation length (77 for CLIP).")
+    input_names: list[str] = Field(
+        default=["input_ids", "attention_mask"],
+        description="Bundled encoder inputs, both int64 (batch, tokens); attention_mask 1 = real token.",
+    )
+    output_name: str = Field(
+        default="last_hidden_state", description="Bundled encoder output (batch, tokens, text_dim), float32."
+    )
+    token_selection: str = Field(
+        default=(
+            "all tokens with attention_mask 1, i.e. <|startoftext|>, the query tokens and <|endoftext|>, "
+            "in order; padding rows dropped; then the first max_text_tokens rows"
+        ),
+        description="Which rows of the encoder output form src_txt (the model saw exactly these).",
+    )
 
 
 class PreprocessingContract(_Strict):
@@ -61,6 +75,9 @@ class PreprocessingContract(_Strict):
     )
     video_groups_source: Literal["official", "lighthouse", "flag", "unknown"] = Field(
         description="Where the group layout came from; 'unknown' means one group covering the full width."
+    )
+    video_groups_note: str | None = Field(
+        default=None, description="Why the layout is what it is (always set when the source is 'unknown')."
     )
     l2_normalize_video: bool = Field(description="L2-normalise each group separately before concatenation.")
     l2_eps: float = Field(default=1e-5, description="x / (||x|| + eps), as the official dataset does.")
@@ -82,6 +99,9 @@ class OnnxSpec(_Strict):
     opset: int
     fp32_file: str = "model.onnx"
     fp16_file: str | None = None
+    fp16_ops_kept_fp32: list[str] | None = Field(
+        default=None, description="Op types the fp16 graph still computes in float32 (its I/O is float32 too)."
+    )
     input_names: list[str] = ["src_txt", "src_txt_mask", "src_vid", "src_vid_mask"]
     output_names: list[str] = ["pred_logits", "pred_spans", "saliency_scores"]
 

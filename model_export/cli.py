@@ -1,0 +1,147 @@
+"""``trdetr-export``: write a model bundle from a checkpoint, or verify an existing bundle.
+
+    trdetr-export CHECKPOINT --out BUNDLE_DIR [--fp16] [--text-encoder HF_CLIP_DIR] [--opset N]
+                  [--video-groups slowfast:2304,clip:512] [--fixtures DIR] [--random-cases N]
+    trdetr-export verify BUNDLE_DIR [--checkpoint CKPT] [--fixtures DIR] [--text-encoder HF_CLIP_DIR]
+
+Exit status: 0 all checks passed, 1 a parity gate or verification failed, 2 bad arguments or
+unusable inputs (the message says what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _common_check_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fixtures", type=Path, metavar="DIR",
+        help="official golden fixture directory (cases.npz, padded_batch.npz): ORT is also compared with "
+        "the official outputs stored there, within the fp32 tolerance",
+    )
+    parser.add_argument(
+        "--text-encoder", type=Path, metavar="HF_CLIP_DIR",
+        help="local Hugging Face CLIP directory (openai/clip-vit-base-patch32 layout). On export: also write "
+        "text_encoder.onnx + tokenizer.json and check them against torch/transformers",
+    )
+    parser.add_argument(
+        "--random-cases", type=int, default=50, metavar="N",
+        help="random input batches for the parity gates (default 50: edge shapes of 1 clip, 1 token, 75 and "
+        "150 clips and padded mixed batches, then random batch sizes and lengths)",
+    )
+    parser.add_argument("--atol", type=float, default=1e-4, help="fp32 gate: max abs difference (default 1e-4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trdetr-export",
+        description="Export a TR-DETR checkpoint to an ONNX model bundle (model.onnx, manifest.json, "
+        "parity.json, optionally model.fp16.onnx, text_encoder.onnx, tokenizer.json) and run the parity "
+        "gates; exits 1 naming the failing output, case and difference when a gate fails. "
+        "To re-check an existing bundle: trdetr-export verify BUNDLE_DIR --help",
+    )
+    parser.add_argument("checkpoint", type=Path, help="official, Lighthouse or trdetr-service checkpoint file")
+    parser.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
+    parser.add_argument(
+        "--fp16", action="store_true",
+        help="also write model.fp16.onnx: fp16 weights and compute, float32 inputs/outputs, LayerNorm, Softmax, "
+        "inverse sigmoid (Log) and GRU kept in fp32; gated on top-1 moment, span IoU and saliency rank",
+    )
+    parser.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 18)")
+    parser.add_argument(
+        "--video-groups", metavar="NAME:DIM,...",
+        help="ordered video feature groups, e.g. slowfast:2304,clip:512 (must add up to the video width without "
+        "the 2 TEF columns). Default: official checkpoints slowfast then clip, Lighthouse clip then slowfast; "
+        "otherwise one group 'video' of the full width (recorded as 'unknown' in the manifest)",
+    )
+    parser.add_argument(
+        "--skip-parity", action="store_true", help="write the bundle without running any gate (not for release)"
+    )
+    _common_check_flags(parser)
+    return parser
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trdetr-export verify",
+        description="Re-check an existing bundle: manifest schema, sha256 of every file, graph inputs/outputs, "
+        "then the parity gates (torch vs ORT with --checkpoint, the official outputs with --fixtures, the fp16 "
+        "graph against the fp32 graph otherwise). Exits 1 on any failure.",
+    )
+    parser.add_argument("bundle", type=Path, help="bundle directory written by trdetr-export")
+    parser.add_argument(
+        "--checkpoint", type=Path, metavar="CKPT",
+        help="the checkpoint the bundle was exported from (its sha256 must match the manifest)",
+    )
+    parser.add_argument("--report", type=Path, metavar="FILE", help="write the full JSON report here")
+    _common_check_flags(parser)
+    return parser
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from model_export.export import export_bundle, parse_video_groups
+    from model_export.export.parity import Thresholds
+
+    groups = parse_video_groups(args.video_groups) if args.video_groups else None
+    manifest = export_bundle(
+        args.checkpoint, args.out, fp16=args.fp16, text_encoder_dir=args.text_encoder, opset=args.opset,
+        video_groups=groups, fixtures_dir=args.fixtures, num_random_cases=args.random_cases,
+        run_parity=not args.skip_parity, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
+    )
+    _print_gates(manifest.parity.get("gates", []), manifest.parity.get("skipped", []))
+    print(f"bundle written: {args.out} (files: {', '.join(sorted(manifest.files))})")
+    return 0
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from model_export.export import verify_bundle
+    from model_export.export.parity import Thresholds, summarize
+
+    report = verify_bundle(
+        args.bundle, args.checkpoint, args.fixtures, text_encoder_dir=args.text_encoder,
+        num_random_cases=args.random_cases, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
+    )
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    _print_gates(summarize(report["gates"])["gates"], report["skipped"])
+    print(f"bundle verified: {args.bundle}")
+    return 0
+
+
+def _print_gates(gates: list[dict], skipped: list[str]) -> None:
+    for gate in gates:
+        numbers = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in gate["measured"].items())
+        print(f"[{'PASS' if gate['passed'] else 'FAIL'}] {gate['name']}: {numbers}")
+    for note in skipped:
+        print(f"[SKIP] {note}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trdetr-export``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verifying = bool(argv) and argv[0] == "verify"
+    args = verify_parser().parse_args(argv[1:]) if verifying else export_parser().parse_args(argv)
+
+    from model_export import CheckpointError
+    from model_export.export import ExportError, LayoutError, ParityError, TextEncoderError, VerificationError
+
+    try:
+        return _run_verify(args) if verifying else _run_export(args)
+    except (ParityError, VerificationError, ExportError) as error:
+        print(f"trdetr-export: FAILED: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except (CheckpointError, LayoutError, TextEncoderError, FileNotFoundError, ValueError) as error:
+        print(f"trdetr-export: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""Write and verify model bundles: ONNX graphs + ``manifest.json`` + ``parity.json``.
+
+``export_bundle`` is what ``trdetr-export CKPT --out DIR`` runs; ``verify_bundle`` is
+``trdetr-export verify DIR``. A bundle whose parity gates fail gets its ``parity.json`` (to read
+why) but no ``manifest.json``, so the service cannot load it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pydantic
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from model_export import load_checkpoint, read_checkpoint
+from model_export.config import TRDETRConfig
+from trdetr_common.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    OnnxSpec,
+    PreprocessingContract,
+    SourceCheckpoint,
+    TextEncoderSpec,
+    VideoFeatureGroup,
+    file_entry,
+    sha256_file,
+    verify_files,
+)
+
+from .cases import InputSpec
+from .checks import GateRun, build_cases, run_gates
+from .fp16 import convert_to_fp16
+from .layouts import VideoLayout, resolve_video_layout
+from .onnx_export import (
+    DEFAULT_OPSET,
+    TRDETR_DYNAMIC_AXES,
+    TRDETR_INPUTS,
+    TRDETR_OUTPUTS,
+    dynamic_axis_problems,
+    export_trdetr,
+    gru_problems,
+    store_exact_fp16_weights,
+)
+from .parity import ParityError, Thresholds, raise_on_failure, summarize
+from .text_encoder import CHECK_QUERIES, TEXT_OUTPUT, check_text_encoder, encode_batch, export_text_encoder
+
+FP32_FILE = "model.onnx"
+FP16_FILE = "model.fp16.onnx"
+PARITY_FILE = "parity.json"
+_BUNDLE_FILES = (MANIFEST_NAME, FP32_FILE, FP16_FILE, "text_encoder.onnx", "tokenizer.json", PARITY_FILE)
+CLIP_TEXT_EXPECTED = (
+    "CLIP ViT-B/32 text transformer (openai/clip-vit-base-patch32): last_hidden_state after the final "
+    "layer norm, 512-d per token, not projected (the QVHighlights clip_text_features)"
+)
+OUTPUT_SEMANTICS = {
+    "pred_logits": "(batch, num_queries, 2) class logits per moment query; softmax over the last axis, "
+    "index 0 = foreground (a moment), index 1 = background",
+    "pred_spans": "(batch, num_queries, 2) moment spans as (center, width), normalised to the row's video "
+    "length in [0, 1]; seconds = (center -/+ width / 2) * num_valid_clips * clip_length_s",
+    "saliency_scores": "(batch, video_clips) highlight score per clip (higher = more salient, unbounded), "
+    "after MR2HD refinement; values at padded clips carry no meaning",
+}
+
+
+class VerificationError(RuntimeError):
+    """A bundle is not what its manifest says (missing file, sha256 mismatch, wrong graph I/O)."""
+
+
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        tqdm.write(message, file=sys.stderr)
+
+
+def export_bundle(
+    checkpoint: Path,
+    out_dir: Path,
+    *,
+    fp16: bool = False,
+    text_encoder_dir: Path | None = None,
+    opset: int | None = None,
+    video_groups: Sequence[VideoFeatureGroup] | None = None,
+    fixtures_dir: Path | None = None,
+    num_random_cases: int = 50,
+    run_parity: bool = True,
+    thresholds: Thresholds | None = None,
+    untrained: bool = False,
+    notes: Sequence[str] = (),
+    progress: bool = False,
+) -> Manifest:
+    """Export ``checkpoint`` into the bundle directory ``out_dir`` and check it.
+
+    Args:
+        checkpoint: official, Lighthouse or trdetr-service checkpoint.
+        out_dir: bundle directory (created; bundle files already there are replaced).
+        fp16: also write ``model.fp16.onnx`` (fp32 I/O, sensitive ops in fp32).
+        text_encoder_dir: local Hugging Face CLIP directory; writes text_encoder.onnx + tokenizer.json.
+        opset: ONNX opset (default 18).
+        video_groups: ordered video feature groups; default from the checkpoint format.
+        fixtures_dir: official golden fixture directory (``cases.npz``) to compare with as well.
+        num_random_cases: random input batches for the gates (>= 50 for a release).
+        run_parity: False skips every gate (fast, for tests that only need a bundle).
+        thresholds: gate pass marks (default :class:`Thresholds`).
+        untrained: mark the bundle as random-weight (demo) in the manifest.
+        notes: extra human notes for the manifest.
+        progress: print progress bars and steps to stderr.
+    Returns:
+        the written Manifest. Raises ParityError (after writing parity.json) when a gate fails.
+    """
+    started = time.perf_counter()
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    opset = opset or DEFAULT_OPSET
+    thresholds = thresholds or Thresholds()
+    steps = tqdm(total=5, desc="export", disable=not progress, file=sys.stderr, unit="step")
+    steps.set_postfix_str("reading checkpoint")
+    loaded = read_checkpoint(checkpoint)
+    model, config = load_checkpoint(checkpoint)
+    _check_servable(config)
+    layout = resolve_video_layout(loaded.format, config.v_feat_dim, config.use_tef, list(video_groups or []))
+    if layout.source == "unknown":
+        _log(f"warning: {layout.note}", True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in _BUNDLE_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    steps.update()
+
+    steps.set_postfix_str(FP32_FILE)
+    export_trdetr(model, config.t_feat_dim, config.v_feat_dim, out_dir / FP32_FILE, opset)
+    steps.update()
+    steps.set_postfix_str(FP16_FILE if fp16 else "no fp16")
+    fp32_ops = convert_to_fp16(out_dir / FP32_FILE, out_dir / FP16_FILE) if fp16 else None
+    store_exact_fp16_weights(out_dir / FP32_FILE)  # lossless; after the fp16 conversion read the plain graph
+    steps.update()
+    steps.set_postfix_str("text encoder" if text_encoder_dir else "no text encoder")
+    text = export_text_encoder(text_encoder_dir, out_dir, opset) if text_encoder_dir else None
+    if text is not None and text.hidden_size != config.t_feat_dim:
+        raise ValueError(
+            f"text encoder in {text_encoder_dir} outputs {text.hidden_size}-d tokens but the model takes "
+            f"t_feat_dim={config.t_feat_dim}: pass the encoder the model was trained with"
+        )
+    steps.update()
+
+    steps.set_postfix_str("parity" if run_parity else "parity skipped")
+    spec = _input_spec(config, layout, loaded.raw_opt)
+    report = _parity_report(
+        out_dir, model, config, spec, fp16, text_encoder_dir, fixtures_dir,
+        num_random_cases if run_parity else 0, thresholds, run_parity, progress,
+    )
+    steps.update()
+    steps.close()
+    (out_dir / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        raise ParityError(report["failure_message"] + f"\nfull report: {out_dir / PARITY_FILE} (no manifest written)")
+
+    manifest = Manifest(
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        source=SourceCheckpoint(
+            file_name=checkpoint.name, sha256=sha256_file(checkpoint),
+            checkpoint_format=loaded.format, epoch=loaded.epoch,
+        ),
+        config=config.to_dict(),
+        onnx=OnnxSpec(
+            opset=opset, fp32_file=FP32_FILE, fp16_file=FP16_FILE if fp16 else None, fp16_ops_kept_fp32=fp32_ops
+        ),
+        preprocessing=_preprocessing(config, layout, loaded.raw_opt, text),
+        outputs=OUTPUT_SEMANTICS,
+        files=_file_entries(out_dir),
+        parity=_manifest_parity(report),
+        untrained=untrained,
+        notes=[*([layout.note] if layout.source == "unknown" else []), *notes],
+    )
+    manifest.dump(out_dir)
+    _log(f"wrote {out_dir} in {time.perf_counter() - started:.1f} s", progress)
+    return manifest
+
+
+def _check_servable(config: TRDETRConfig) -> None:
+    """The bundle's graph has no audio input: refuse audio models with a clear message."""
+    if config.a_feat_dim:
+        raise ValueError(
+            f"the checkpoint uses audio features (a_feat_dim={config.a_feat_dim}); the bundle format serves "
+            "video+text models only"
+        )
+
+
+def _input_spec(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None) -> InputSpec:
+    """The model's input contract, for building random parity inputs."""
+    raw_opt = raw_opt or {}
+    return InputSpec(
+        video_group_dims=[g.dim for g in layout.groups],
+        text_dim=config.t_feat_dim,
+        use_tef=config.use_tef,
+        normalize_video=not raw_opt.get("no_norm_vfeat", False),
+        normalize_text=not raw_opt.get("no_norm_tfeat", False),
+        max_text_tokens=config.max_q_l,
+    )
+
+
+def _preprocessing(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None, text) -> PreprocessingContract:
+    """The manifest's preprocessing contract (see trdetr_common.manifest.PreprocessingContract)."""
+    spec = _input_spec(config, layout, raw_opt)
+    expected = CLIP_TEXT_EXPECTED if config.t_feat_dim == 512 else (
+        f"{config.t_feat_dim}-d per-token text features of the encoder the checkpoint was trained with "
+        "(not recorded in the checkpoint)"
+    )
+    encoder = TextEncoderSpec(
+        expected=expected,
+        onnx_file=text.onnx_file if text else None,
+        tokenizer_file=text.tokenizer_file if text else None,
+        context_length=text.context_length if text else None,
+    )
+    return PreprocessingContract(
+        clip_length_s=float(config.clip_length),
+        video_groups=layout.groups,
+        video_groups_source=layout.source,
+        video_groups_note=layout.note,
+        l2_normalize_video=spec.normalize_video,
+        tef=config.use_tef,
+        video_input_dim=config.v_feat_dim,
+        text_dim=config.t_feat_dim,
+        max_text_tokens=config.max_q_l,
+        l2_normalize_text=spec.normalize_text,
+        max_video_clips=config.max_v_l,
+        text_encoder=encoder,
+    )
+
+
+def _file_entries(bundle_dir: Path) -> dict[str, FileEntry]:
+    """sha256 and size of every bundle file but the manifest."""
+    return {
+        name: file_entry(bundle_dir / name)
+        for name in _BUNDLE_FILES
+        if name != MANIFEST_NAME and (bundle_dir / name).is_file()
+    }
+
+
+def _environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+        "machine": platform.machine(),
+    }
+
+
+def _parity_report(
+    bundle_dir: Path,
+    model,
+    config: TRDETRConfig,
+    spec: InputSpec,
+    fp16: bool,
+    text_encoder_dir: Path | None,
+    fixtures_dir: Path | None,
+    num_random_cases: int,
+    thresholds: Thresholds,
+    run_parity: bool,
+    progress: bool,
+) -> dict:
+    """Run the model gates (and the text encoder checks) and assemble parity.json's content."""
+    report: dict = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ran": run_parity,
+        "environment": _environment(),
+        "thresholds": asdict(thresholds),
+        "num_random_cases": num_random_cases,
+        "random_seed": 0,
+        "fixtures_dir": str(fixtures_dir) if fixtures_dir else None,
+    }
+    if not run_parity:
+        report.update(passed=True, gates=[], providers=[], skipped=["run_parity=False: no gate was run"])
+        return report
+    randoms, fixtures = build_cases(spec, config.v_feat_dim, num_random_cases, fixtures_dir)
+    fp16_path = bundle_dir / FP16_FILE if fp16 else None
+    run = run_gates(bundle_dir / FP32_FILE, fp16_path, model, randoms, fixtures, thresholds, progress=progress)
+    text = check_text_encoder(text_encoder_dir, bundle_dir, progress=progress) if text_encoder_dir else None
+    return _finish_report(report, run, text)
+
+
+def _finish_report(report: dict, run: GateRun, text: dict | None) -> dict:
+    """Add the gate results, the pass flag and the failure message to a report."""
+    report.update(
+        gates=[g.to_dict() for g in run.gates], providers=run.providers, skipped=run.skipped, text_encoder=text
+    )
+    try:
+        raise_on_failure(run.gates)
+        failures = []
+    except ParityError as error:
+        failures = [str(error)]
+    if text is not None and not text["passed"]:
+        failures.append("text encoder checks failed:\n  " + "\n  ".join(text["failures"]))
+    report["passed"] = not failures
+    report["failure_message"] = "\n".join(failures) or None
+    return report
+
+
+def _manifest_parity(report: dict) -> dict:
+    """The manifest's parity summary (the full per-case report stays in parity.json)."""
+    summary = summarize(report.get("gates", []))
+    summary.update(ran=report["ran"], providers=report["providers"], skipped=report["skipped"],
+                   num_random_cases=report["num_random_cases"], report_file=PARITY_FILE)
+    if report.get("text_encoder"):
+        text = report["text_encoder"]
+        summary["text_encoder"] = {
+            "passed": text["passed"], "max_abs_diff": text["max_abs_diff"],
+            "tokenizer_ids_equal": text["tokenizer_ids_equal"], "queries": len(text["queries"]),
+        }
+    return summary
+
+
+def verify_bundle(
+    bundle_dir: Path,
+    checkpoint: Path | None = None,
+    fixtures_dir: Path | None = None,
+    *,
+    text_encoder_dir: Path | None = None,
+    num_random_cases: int = 50,
+    thresholds: Thresholds | None = None,
+    progress: bool = False,
+) -> dict:
+    """Re-check an existing bundle; returns the report, raises on any failure.
+
+    Always: the manifest validates, every file's sha256 matches, the graphs have the declared I/O,
+    symbolic batch/length axes and torch-semantics GRUs; the text encoder and tokenizer run.
+    With ``checkpoint`` (its sha256 must be the manifest's source): torch-vs-ORT fp32 and fp16 gates.
+    Without it: the fp16 graph is gated against the bundle's own fp32 graph.
+    With ``fixtures_dir``: ORT against the official golden outputs.
+
+    Raises:
+        VerificationError: a file is missing or altered, or a graph does not match the manifest.
+        ParityError: a parity gate failed.
+    """
+    bundle_dir = Path(bundle_dir)
+    thresholds = thresholds or Thresholds()
+    manifest = _load_manifest(bundle_dir)
+    problems = verify_files(bundle_dir, manifest) + _graph_problems(bundle_dir, manifest)
+    if problems:
+        raise VerificationError(f"bundle {bundle_dir} does not match its manifest:\n  " + "\n  ".join(problems))
+    _log(f"{bundle_dir}: manifest valid, {len(manifest.files)} files match their sha256", progress)
+    model = None
+    if checkpoint is not None:
+        if (actual := sha256_file(checkpoint)) != manifest.source.sha256:
+            raise VerificationError(
+                f"checkpoint {checkpoint} has sha256 {actual}, but the bundle was exported from "
+                f"{manifest.source.file_name} with sha256 {manifest.source.sha256}: pass that checkpoint"
+            )
+        model, _ = load_checkpoint(checkpoint)
+    config = TRDETRConfig.from_opt(manifest.config)
+    layout = VideoLayout(manifest.preprocessing.video_groups, manifest.preprocessing.video_groups_source)
+    spec = _input_spec(config, layout, {
+        "no_norm_vfeat": not manifest.preprocessing.l2_normalize_video,
+        "no_norm_tfeat": not manifest.preprocessing.l2_normalize_text,
+    })
+    randoms, fixtures = build_cases(spec, config.v_feat_dim, num_random_cases, fixtures_dir)
+    fp16_path = bundle_dir / manifest.onnx.fp16_file if manifest.onnx.fp16_file else None
+    run = run_gates(bundle_dir / manifest.onnx.fp32_file, fp16_path, model, randoms, fixtures, thresholds,
+                    progress=progress)
+    text = _verify_text_encoder(bundle_dir, manifest, text_encoder_dir, progress)
+    report = {"bundle": str(bundle_dir), "ran": True, "files_verified": sorted(manifest.files),
+              "environment": _environment(), "thresholds": asdict(thresholds),
+              "num_random_cases": num_random_cases}
+    report = _finish_report(report, run, text)
+    if not report["passed"]:
+        raise ParityError(report["failure_message"])
+    return report
+
+
+def _load_manifest(bundle_dir: Path) -> Manifest:
+    """Load and validate ``manifest.json``, turning every problem into a VerificationError."""
+    path = bundle_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise VerificationError(f"{path} not found: {bundle_dir} is not a bundle written by trdetr-export")
+    try:
+        return Manifest.load(bundle_dir)
+    except (json.JSONDecodeError, pydantic.ValidationError) as error:
+        raise VerificationError(f"{path} is not a valid manifest: {error}") from error
+
+
+def _graph_problems(bundle_dir: Path, manifest: Manifest) -> list[str]:
+    """Graph-level checks of the model graphs against the manifest's declared I/O."""
+    problems = []
+    for name in filter(None, [manifest.onnx.fp32_file, manifest.onnx.fp16_file]):
+        if name not in manifest.files:
+            problems.append(f"{name} is named in manifest.onnx but not listed (with its sha256) in manifest.files")
+            continue
+        graph = onnx.load(str(bundle_dir / name))
+        inputs = [i.name for i in graph.graph.input]
+        outputs = [o.name for o in graph.graph.output]
+        if inputs != manifest.onnx.input_names or outputs != manifest.onnx.output_names:
+            problems.append(f"{name} has inputs {inputs} / outputs {outputs}, the manifest declares "
+                            f"{manifest.onnx.input_names} / {manifest.onnx.output_names}")
+        if inputs == TRDETR_INPUTS and outputs == TRDETR_OUTPUTS:
+            problems += [f"{name}: {p}" for p in dynamic_axis_problems(graph, TRDETR_DYNAMIC_AXES)]
+        problems += [f"{name}: {p}" for p in gru_problems(graph)]
+    return problems
+
+
+def _verify_text_encoder(bundle_dir: Path, manifest: Manifest, hf_dir: Path | None, progress: bool) -> dict | None:
+    """Full torch parity with ``hf_dir``; otherwise check the bundled tokenizer + encoder run sanely."""
+    spec = manifest.preprocessing.text_encoder
+    if spec.onnx_file is None:
+        return None
+    if hf_dir is not None:
+        return check_text_encoder(hf_dir, bundle_dir, progress=progress)
+    tokenizer = Tokenizer.from_file(str(bundle_dir / spec.tokenizer_file))
+    session = ort.InferenceSession(str(bundle_dir / spec.onnx_file), providers=["CPUExecutionProvider"])
+    batch = encode_batch(tokenizer, CHECK_QUERIES, pad_id=0)
+    states = session.run([TEXT_OUTPUT], batch)[0]
+    failures = []
+    if batch["input_ids"].shape[1] > (spec.context_length or 10**9):
+        failures.append(f"tokenizer.json produced {batch['input_ids'].shape[1]} tokens > context {spec.context_length}")
+    if states.shape != (*batch["input_ids"].shape, manifest.preprocessing.text_dim):
+        failures.append(f"text encoder output shape {states.shape} is not (batch, tokens, "
+                        f"{manifest.preprocessing.text_dim})")
+    if not np.isfinite(states).all():
+        failures.append("text encoder output has NaN or infinite values")
+    return {"passed": not failures, "failures": failures, "torch_parity": "skipped: no --text-encoder DIR given",
+            "max_abs_diff": None, "tokenizer_ids_equal": None, "queries": list(CHECK_QUERIES)}

@@ -1,0 +1,108 @@
+"""Video feature group layouts: which per-clip features, in which order, make up ``src_vid``.
+
+A checkpoint stores only the total video width (``v_feat_dim``, TEF columns included), not how
+it splits into groups. The split matters to the service: each group is L2-normalised on its own
+before concatenation, so normalising the wrong slices silently changes the model's inputs.
+
+Known layouts (QVHighlights ``slowfast_clip`` features, 2304 + 512 = 2816 columns):
+- the official TR-DETR scripts list ``slowfast_features`` then ``clip_features``;
+- Lighthouse concatenates ``clip`` then ``slowfast``.
+Anything else needs ``--video-groups`` or falls back to one group ``video`` of the full width.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from trdetr_common.manifest import VideoFeatureGroup
+
+SLOWFAST_DIM = 2304
+CLIP_DIM = 512
+TEF_COLUMNS = 2
+
+_KNOWN_LAYOUTS: dict[str, list[tuple[str, int]]] = {
+    "official": [("slowfast", SLOWFAST_DIM), ("clip", CLIP_DIM)],
+    "lighthouse": [("clip", CLIP_DIM), ("slowfast", SLOWFAST_DIM)],
+}
+_GROUP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+class LayoutError(ValueError):
+    """A video group layout that does not fit the checkpoint; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """Resolved layout: ordered groups, where it came from, and a note for humans."""
+
+    groups: list[VideoFeatureGroup]
+    source: str  # "official" | "lighthouse" | "flag" | "unknown"
+    note: str | None = None
+
+
+def parse_video_groups(spec: str) -> list[VideoFeatureGroup]:
+    """Parse ``"slowfast:2304,clip:512"`` into ordered groups.
+
+    Args:
+        spec: comma-separated ``name:dim`` pairs.
+    Returns:
+        list of VideoFeatureGroup in the given order.
+    """
+    groups = []
+    for part in (p.strip() for p in spec.split(",")):
+        name, sep, dim = part.partition(":")
+        if not sep or not _GROUP_NAME.match(name) or not dim.strip().isdigit() or int(dim) <= 0:
+            raise LayoutError(
+                f"bad video group {part!r} in {spec!r}: write name:dim pairs separated by commas, "
+                "e.g. slowfast:2304,clip:512"
+            )
+        groups.append(VideoFeatureGroup(name=name, dim=int(dim)))
+    names = [g.name for g in groups]
+    if len(set(names)) != len(names):
+        raise LayoutError(f"video group names must be unique, got {names}")
+    return groups
+
+
+def feature_width(v_feat_dim: int, use_tef: bool) -> int:
+    """Width of the concatenated feature groups: ``v_feat_dim`` minus the TEF columns."""
+    return v_feat_dim - (TEF_COLUMNS if use_tef else 0)
+
+
+def resolve_video_layout(
+    checkpoint_format: str,
+    v_feat_dim: int,
+    use_tef: bool,
+    override: list[VideoFeatureGroup] | None = None,
+) -> VideoLayout:
+    """Decide the ordered video feature groups of a checkpoint.
+
+    Args:
+        checkpoint_format: "official" | "lighthouse" | "trdetr-service".
+        v_feat_dim: model input width, TEF columns included.
+        use_tef: whether the last 2 columns are TEF.
+        override: groups given on the command line; must add up to the feature width.
+    Returns:
+        VideoLayout; source "unknown" (one group ``video``) when the split cannot be known.
+    """
+    width = feature_width(v_feat_dim, use_tef)
+    if override:
+        total = sum(g.dim for g in override)
+        if total != width:
+            raise LayoutError(
+                f"--video-groups add up to {total} columns but the checkpoint's video features are {width} "
+                f"wide (v_feat_dim {v_feat_dim}{' minus 2 TEF columns' if use_tef else ''}); fix the dims"
+            )
+        return VideoLayout(list(override), "flag", "video groups given explicitly at export time")
+    known = _KNOWN_LAYOUTS.get(checkpoint_format)
+    if known and sum(dim for _, dim in known) == width:
+        groups = [VideoFeatureGroup(name=n, dim=d) for n, d in known]
+        order = " then ".join(f"{g.name} ({g.dim})" for g in groups)
+        return VideoLayout(groups, checkpoint_format, f"{checkpoint_format} layout for {width} columns: {order}")
+    note = (
+        f"the split of the {width} video feature columns into groups cannot be known from a "
+        f"{checkpoint_format!r} checkpoint; exported as one group 'video' of width {width}, L2-normalised "
+        "as a whole. Re-export with --video-groups name:dim,... if the model was trained on several "
+        "separately normalised groups"
+    )
+    return VideoLayout([VideoFeatureGroup(name="video", dim=width)], "unknown", note)

@@ -1,0 +1,199 @@
+"""CLIP text encoder -> ``text_encoder.onnx`` + ``tokenizer.json``, with parity checks.
+
+The official QVHighlights query features (Moment-DETR's extraction, reused by TR-DETR and
+Lighthouse) are the CLIP ViT-B/32 text transformer's token states after the final layer norm:
+``last_hidden_state`` (L, 512), *not* passed through ``text_projection``, for every token the
+tokenizer produced (``<|startoftext|>``, the query tokens, ``<|endoftext|>``: Lighthouse keeps the
+rows where the token id is non-zero, i.e. the non-padding ones). The dataset then keeps the first
+``max_q_l`` (32) rows and L2-normalises each. The text transformer is causal, so those first rows
+do not depend on tokens after them.
+
+The bundled graph takes ``input_ids`` and ``attention_mask`` (int64, (B, L)) and returns
+``last_hidden_state`` (B, L, D). ``tokenizer.json`` truncates to the context length (77 with
+``<|endoftext|>`` kept last) and does not pad.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+from tqdm import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .onnx_export import export_module, store_exact_fp16_weights
+
+TEXT_ONNX = "text_encoder.onnx"
+TOKENIZER_JSON = "tokenizer.json"
+TEXT_INPUTS = ["input_ids", "attention_mask"]
+TEXT_OUTPUT = "last_hidden_state"
+TEXT_DYNAMIC_AXES = {
+    "input_ids": {0: "batch", 1: "tokens"},
+    "attention_mask": {0: "batch", 1: "tokens"},
+    "last_hidden_state": {0: "batch", 1: "tokens"},
+}
+
+# Queries for the tokenizer and encoder checks: casing, punctuation, whitespace, unicode, numbers,
+# contractions, emoji, and one far longer than the 77-token context.
+CHECK_QUERIES: tuple[str, ...] = (
+    "A man is cooking pasta in the kitchen.",
+    "WOMAN shows her NEW shoes!!!",
+    "dog runs... then? stops; (quickly) - 'fetch'",
+    "  extra   spaces\tand\ttabs\nnewline  ",
+    "Café crème brûlée at the naïve façade",
+    "東京の街を歩く人々",
+    "Ünïcödé ümlauts and émojis 🎉🐶 ok",
+    "it's 3:45 pm, they're at 10,000 ft",
+    "x",
+    "a very long query " + " ".join(f"word{i} and more, punctuation!" for i in range(60)),
+)
+
+
+class TextEncoderError(RuntimeError):
+    """The text encoder export or its checks failed; the message says which check."""
+
+
+@dataclass(frozen=True)
+class TextEncoderExport:
+    """What was written: file names, output width and truncation length."""
+
+    onnx_file: str
+    tokenizer_file: str
+    hidden_size: int
+    context_length: int
+
+
+class LastHiddenState(nn.Module):
+    """CLIPTextModel -> its final-layer-normed token states (B, L, D), nothing else."""
+
+    def __init__(self, model: CLIPTextModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def load_hf_text_encoder(hf_dir: str | Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """Load the text half of a local Hugging Face CLIP directory (no network) in eval mode."""
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise TextEncoderError(f"{hf_dir} is not a Hugging Face model directory (no config.json)")
+    model = CLIPTextModel.from_pretrained(hf_dir, local_files_only=True).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    return model, tokenizer
+
+
+def context_length(model: CLIPTextModel, tokenizer: CLIPTokenizer) -> int:
+    """Truncation length: the tokenizer's limit, capped by the model's position embeddings."""
+    limit = model.config.max_position_embeddings
+    return int(min(limit, tokenizer.model_max_length or limit))
+
+
+def write_tokenizer_json(tokenizer: CLIPTokenizer, path: str | Path, max_length: int) -> None:
+    """Save the fast tokenizer with truncation to ``max_length`` (specials kept) and no padding."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.enable_truncation(max_length=max_length)
+    backend.save(str(path))
+
+
+def export_text_encoder(hf_dir: str | Path, out_dir: str | Path, opset: int) -> TextEncoderExport:
+    """Write ``text_encoder.onnx`` and ``tokenizer.json`` for the CLIP text model in ``hf_dir``."""
+    model, tokenizer = load_hf_text_encoder(hf_dir)
+    length = context_length(model, tokenizer)
+    encoded = tokenizer(["a photo of a dog", "two"], padding=True, return_tensors="pt")
+    export_module(
+        LastHiddenState(model),
+        (encoded["input_ids"], encoded["attention_mask"]),
+        Path(out_dir) / TEXT_ONNX,
+        input_names=TEXT_INPUTS,
+        output_names=[TEXT_OUTPUT],
+        dynamic_axes=TEXT_DYNAMIC_AXES,
+        opset=opset,
+    )
+    store_exact_fp16_weights(Path(out_dir) / TEXT_ONNX)
+    write_tokenizer_json(tokenizer, Path(out_dir) / TOKENIZER_JSON, length)
+    return TextEncoderExport(TEXT_ONNX, TOKENIZER_JSON, int(model.config.hidden_size), length)
+
+
+def encode_batch(tokenizer: Tokenizer, queries: Sequence[str], pad_id: int) -> dict[str, np.ndarray]:
+    """Tokenize with ``tokenizers`` and right-pad into int64 ``input_ids`` / ``attention_mask`` (B, L)."""
+    encodings = tokenizer.encode_batch(list(queries))
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        ids[row, : len(enc.ids)] = enc.ids
+        mask[row, : len(enc.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def check_text_encoder(
+    hf_dir: str | Path,
+    bundle_dir: str | Path,
+    *,
+    queries: Sequence[str] = CHECK_QUERIES,
+    atol: float = 1e-4,
+    progress: bool = False,
+) -> dict:
+    """Tokenizer equality and torch-vs-ORT encoder parity on ``queries``.
+
+    The bundled ``tokenizer.json`` (``tokenizers`` library) must give the same ids as the
+    transformers CLIPTokenizer with ``truncation=True, max_length=context`` for every query; the
+    ORT graph on those ids must match the torch model within ``atol`` on every non-padding token.
+
+    Returns:
+        report dict with ``passed``, ``failures`` and per-query numbers.
+    """
+    model, hf_tokenizer = load_hf_text_encoder(hf_dir)
+    length = context_length(model, hf_tokenizer)
+    bundled = Tokenizer.from_file(str(Path(bundle_dir) / TOKENIZER_JSON))
+    session = ort.InferenceSession(str(Path(bundle_dir) / TEXT_ONNX), providers=["CPUExecutionProvider"])
+    pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+    failures, rows = [], []
+    for query in tqdm(queries, desc="text encoder parity", disable=not progress, file=sys.stderr, leave=False):
+        expected = hf_tokenizer(query, truncation=True, max_length=length)["input_ids"]
+        got = bundled.encode(query).ids
+        if got != expected:
+            failures.append(f"tokenizer.json ids differ from CLIPTokenizer for query {query[:40]!r}: {got} vs {expected}")
+        batch = encode_batch(bundled, [query], pad_id)
+        with torch.no_grad():
+            ref = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+        out = session.run([TEXT_OUTPUT], batch)[0]
+        diff = float(np.abs(ref - out).max())
+        if diff > atol:
+            failures.append(f"text encoder output last_hidden_state differs by {diff:.3g} > {atol:g} for query {query[:40]!r}")
+        rows.append({"query": query, "tokens": len(got), "ids_equal": got == expected, "max_abs_diff": diff})
+    padded = _padded_batch_diff(model, bundled, session, queries, pad_id)
+    if padded > atol:
+        failures.append(f"text encoder on a padded batch differs by {padded:.3g} > {atol:g} on real tokens")
+    return {
+        "passed": not failures,
+        "failures": failures,
+        "atol": atol,
+        "context_length": length,
+        "max_abs_diff": max([r["max_abs_diff"] for r in rows] + [padded]),
+        "padded_batch_max_abs_diff": padded,
+        "tokenizer_ids_equal": all(r["ids_equal"] for r in rows),
+        "queries": rows,
+    }
+
+
+def _padded_batch_diff(
+    model: CLIPTextModel, tokenizer: Tokenizer, session: ort.InferenceSession, queries: Sequence[str], pad_id: int
+) -> float:
+    """Max |torch - ORT| over the real tokens when all queries run as one right-padded batch."""
+    batch = encode_batch(tokenizer, queries, pad_id)
+    with torch.no_grad():
+        ref = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+    out = session.run([TEXT_OUTPUT], batch)[0]
+    valid = batch["attention_mask"].astype(bool)
+    return float(np.abs(ref - out)[valid].max())
