@@ -92,6 +92,12 @@ def split_outputs(jobs: list[_Job], outputs: dict[str, np.ndarray]) -> list[list
     return results
 
 
+def _fail(jobs: list[_Job], exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)
+
+
 class DynamicBatcher:
     """Bounded queue + one background task that runs coalesced batches in a worker thread."""
 
@@ -143,11 +149,7 @@ class DynamicBatcher:
         pending = [self._carry] if self._carry else []
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
-        for job in pending:
-            if not job.future.done():
-                job.future.set_exception(
-                    ServiceError(503, "shutting_down", "The service is shutting down; retry on another replica.")
-                )
+        _fail(pending, ServiceError(503, "shutting_down", "The service is shutting down; retry on another replica."))
         self._executor.shutdown(wait=True)
 
     async def infer(self, texts: list[np.ndarray], video: np.ndarray, timeout_s: float) -> list[RowOutput]:
@@ -183,11 +185,12 @@ class DynamicBatcher:
                 continue
             try:
                 results = await loop.run_in_executor(self._executor, self._run, jobs)
+            except asyncio.CancelledError:  # stopping mid-run: these requests get an answer too
+                _fail(jobs, ServiceError(503, "shutting_down", "The service is shutting down; retry."))
+                raise
             except Exception as exc:  # a failed run fails its requests, never the loop
                 log.exception("inference batch failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                _fail(jobs, exc)
                 continue
             for job, rows in zip(jobs, results, strict=True):
                 if not job.future.done():

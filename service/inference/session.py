@@ -65,9 +65,16 @@ class OnnxModel:
     ) -> None:
         self.path = Path(path)
         wanted = requested_providers(device, ort.get_available_providers())
-        self.session = ort.InferenceSession(
-            str(self.path), session_options(intra_op_threads, inter_op_threads), providers=wanted
-        )
+        options = session_options(intra_op_threads, inter_op_threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises plain RuntimeError/Fail for EP start-up problems
+            if wanted == [CPU]:
+                raise
+            if device == "cuda":
+                raise ProviderError(f"TRDETR_DEVICE=cuda but the CUDA EP cannot run {self.path.name}: {exc}") from exc
+            log.warning("CUDA EP failed for %s (%s); running on the CPU", self.path.name, exc)
+            self.session = ort.InferenceSession(str(self.path), options, providers=[CPU])
         self.providers: list[str] = self.session.get_providers()
         if wanted[0] == CUDA and CUDA not in self.providers:
             if device == "cuda":

@@ -24,7 +24,7 @@ from service.cache import EmbeddedRedis
 from service.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from svc_helpers import SMALL_CHECKPOINT, TorchReference, export_small_bundle, serve  # noqa: E402
+from svc_helpers import SMALL_CHECKPOINT, TorchReference, run_exporter, serve  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,9 @@ def key_prefix(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The official small golden checkpoint, exported to an ONNX bundle for this session."""
-    return export_small_bundle(tmp_path_factory.mktemp("small_bundle"))
+    out_dir = tmp_path_factory.mktemp("small_bundle")
+    run_exporter("export_small_bundle", out_dir)
+    return out_dir / "bundle"
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,17 +25,50 @@ DEFAULT_BUNDLE = REPO / "service" / "default_bundle"
 SMALL_GROUPS = "slowfast:24,clip:8"
 
 
+def run_exporter(helper: str, out_dir: Path) -> None:
+    """Run one export helper of this module in a fresh Python process.
+
+    ``export_bundle`` cannot run twice in one process yet (the second export comes out with a fixed
+    video length; reported to the exporter's owner), and a subprocess also keeps torch's memory out of
+    the test process.
+    """
+    code = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import svc_helpers; svc_helpers.{helper}(Path({str(out_dir)!r}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"{helper} failed:\n{result.stderr[-4000:]}")
+
+
 def export_small_bundle(out_dir: Path) -> Path:
     """Export the official small golden checkpoint (or, without shared data, a random small one)."""
     from model_export.export import export_bundle, parse_video_groups  # torch: tests only, never the service
 
     checkpoint = SMALL_CHECKPOINT
     if not checkpoint.exists():
-        checkpoint = _random_small_checkpoint(out_dir.parent / "random_small.ckpt")
+        checkpoint = _random_small_checkpoint(out_dir / "random_small.ckpt")
     bundle = out_dir / "bundle"
     # the fixture's two groups (see its README), so uploads exercise the multi-group path
     export_bundle(checkpoint, bundle, run_parity=False, video_groups=parse_video_groups(SMALL_GROUPS))
     return bundle
+
+
+def export_small_text_bundle(out_dir: Path) -> tuple[Path, Path]:
+    """The small checkpoint with a tiny random CLIP-interface text encoder (16-d, like its text input).
+
+    Returns (bundle dir, the Hugging Face text model directory it was exported from).
+    """
+    from model_export.demo_bundle import write_tiny_clip_text_dir
+    from model_export.export import export_bundle, parse_video_groups
+
+    checkpoint = SMALL_CHECKPOINT
+    if not checkpoint.exists():
+        checkpoint = _random_small_checkpoint(out_dir / "random_small.ckpt")
+    text_dir = write_tiny_clip_text_dir(out_dir / "tiny_clip_text", seed=3, hidden_size=16, num_layers=1,
+                                        num_heads=4)
+    bundle = out_dir / "bundle"
+    export_bundle(checkpoint, bundle, run_parity=False, video_groups=parse_video_groups(SMALL_GROUPS),
+                  text_encoder_dir=text_dir)
+    return bundle, text_dir
 
 
 def _random_small_checkpoint(path: Path) -> Path:
