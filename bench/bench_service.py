@@ -153,6 +153,24 @@ async def load(base_url: str, body: dict, concurrency: int, requests: int,
         return requests / elapsed, latencies, bare_latencies
 
 
+def _metric(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def server_side_summary(metrics: str) -> str:
+    """Means over all levels from the service's own Prometheus histograms."""
+    route = 'route="/v1/moments"'
+    requests = _metric(metrics, f'trdetr_http_request_duration_seconds_count{{method="POST",{route}}}')
+    latency = _metric(metrics, f'trdetr_http_request_duration_seconds_sum{{method="POST",{route}}}')
+    runs = _metric(metrics, "trdetr_inference_compute_seconds_count")
+    compute = _metric(metrics, "trdetr_inference_compute_seconds_sum")
+    rows = _metric(metrics, "trdetr_inference_batch_size_sum")
+    wait = _metric(metrics, "trdetr_inference_queue_wait_seconds_sum")
+    return (f"server side, all levels: {requests:.0f} requests, mean in-app latency {1000 * latency / requests:.2f} ms, "
+            f"{runs:.0f} ORT runs of mean {rows / runs:.2f} rows and {1000 * compute / runs:.2f} ms, "
+            f"mean queue wait {1000 * wait / requests:.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="use this bundle instead of building the released-size one")
@@ -205,9 +223,7 @@ def main() -> None:
     for concurrency, rps, latencies in rows:
         p50, p95, p99 = percentiles(latencies)
         print(f"{f'service c={concurrency}':>16} {rps:8.1f} {p50:8.2f} {p95:8.2f} {p99:8.2f} {p50 / ort_p50:8.2f}")
-    batches = [line for line in metrics.splitlines() if line.startswith("trdetr_inference_batch_size_")
-               and ("_sum" in line or "_count" in line)]
-    print("batch size (all levels):", "; ".join(batches))
+    print(server_side_summary(metrics))
 
 
 if __name__ == "__main__":

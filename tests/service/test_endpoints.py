@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from svc_helpers import (
@@ -14,6 +16,7 @@ from svc_helpers import (
     npz_bytes,
     random_groups,
     random_text,
+    serve,
 )
 
 from trdetr_common.postprocess import clip_saliency, rank_moments, top_clips
@@ -196,3 +199,34 @@ async def test_openapi_documents_every_endpoint_with_examples(client):
     for name in ("MomentsRequest", "MomentsResponse", "HighlightsResponse", "VideoInfo"):
         assert schemas[name].get("examples"), name
     assert "negative" in paths["/v1/highlights"]["post"]["description"]
+
+
+async def test_storing_again_replaces_atomically_while_readers_run(client, pre):
+    versions = {10: npz_bytes(**random_groups(pre, 10, seed=17)), 20: npz_bytes(**random_groups(pre, 20, seed=18))}
+    await client.put("/v1/videos/ep-swap/features", content=versions[10], headers=NPZ)
+    query = feature_query(random_text(pre, 3, seed=19))
+
+    async def writer(clips: int):
+        return await client.put("/v1/videos/ep-swap/features", content=versions[clips], headers=NPZ)
+
+    async def reader():
+        return await client.post("/v1/highlights", json={"video_id": "ep-swap", "queries": [query]})
+
+    calls = [writer(20 if i % 2 else 10) if i % 3 == 0 else reader() for i in range(24)]
+    for response in await asyncio.gather(*calls):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["num_clips"] in (10, 20)
+        if "results" in body:  # a reader saw one whole version: as many clip scores as clips
+            assert len(body["results"][0]["clips"]) == body["num_clips"]
+    await writer(20)
+    assert (await client.get("/v1/videos/ep-swap")).json()["num_clips"] == 20
+
+
+async def test_features_expire_after_the_ttl(make_settings, pre):
+    async with serve(make_settings(feature_ttl_s=1)) as short:
+        stored = await short.put("/v1/videos/ep-ttl/features", content=npz_bytes(**random_groups(pre, 4, seed=20)),
+                                 headers=NPZ)
+        assert stored.json()["ttl_s"] == 1
+        await asyncio.sleep(1.6)
+        assert (await short.get("/v1/videos/ep-ttl")).status_code == 404
