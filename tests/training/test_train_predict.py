@@ -1,0 +1,137 @@
+"""trdetr-train and trdetr-predict end to end on a small synthetic set (real model, real files)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training import predict_cli, train_cli
+from training.dataset import QVHighlightsDataset, read_jsonl
+from training.evaluation import evaluate
+from training.predict import OnnxBackend, PredictError, TorchBackend, check_compatible, predict
+from training.trainer import load_training_state
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MODEL = ["--enc-layers", "1", "--dec-layers", "2", "--dim-feedforward", "64", "--num-queries", "3",
+              "--nheads", "4", "--input-dropout", "0.1"]
+
+
+def _data_flags(split) -> list[str]:
+    config = split.dataset_config()
+    return ["--v-feat-dirs", *map(str, config.v_feat_dirs), "--t-feat-dir", str(config.t_feat_dir),
+            "--max-v-l", str(split.spec.max_clips)]
+
+
+def _train(split, out_dir: Path, *extra: str) -> int:
+    return train_cli.main(["--train-path", str(split.annotation_path), *_data_flags(split), *TINY_MODEL,
+                           "--bsz", "8", "--out-dir", str(out_dir), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_train, tmp_path_factory) -> Path:
+    """Two epochs with evaluation after each (validating on the training split itself)."""
+    out = tmp_path_factory.mktemp("run")
+    assert _train(synthetic_train, out, "--n-epoch", "2", "--eval-path", str(synthetic_train.annotation_path),
+                  "--eval-every", "1") == 0
+    return out
+
+
+def test_training_writes_official_checkpoints(trained):
+    state = load_training_state(trained / "model_latest.ckpt")
+    assert set(state) == {"model", "optimizer", "lr_scheduler", "epoch", "opt"}
+    assert state["epoch"] == 1 and isinstance(state["opt"], argparse.Namespace)
+    assert state["opt"].v_feat_dim == 34 and state["opt"].enc_layers == 1  # live official opt: TEF included
+    assert state["optimizer"]["state"]  # AdamW moments saved for --resume
+    assert (trained / "model_best.ckpt").is_file() and (trained / "best_val_preds.jsonl").is_file()
+
+
+def test_training_logs_losses_and_validation_metrics(trained):
+    rows = list(csv.DictReader((trained / "metrics.csv").open()))
+    train_rows = {(r["epoch"], r["name"]): float(r["value"]) for r in rows if r["split"] == "train"}
+    for epoch in ("1", "2"):
+        for name in ("loss_overall", "loss_span", "loss_giou", "loss_label", "loss_saliency", "loss_vtc",
+                     "loss_ctc", "loss_span_0", "lr"):
+            assert np.isfinite(train_rows[(epoch, name)])
+    val_names = {r["name"] for r in rows if r["split"] == "val"}
+    assert {"MR-full-mAP", "MR-full-R1@0.5", "HL-min-VeryGood-mAP"} <= val_names
+
+
+def test_resume_continues_from_the_next_epoch(trained, synthetic_train, tmp_path):
+    resumed = tmp_path / "resumed"
+    assert _train(synthetic_train, resumed, "--n-epoch", "3", "--resume", str(trained / "model_latest.ckpt")) == 0
+    before = load_training_state(trained / "model_latest.ckpt")
+    after = load_training_state(resumed / "model_latest.ckpt")
+    assert after["epoch"] == 2
+    steps_per_epoch = 3  # 24 queries / batch 8
+    first = next(iter(after["optimizer"]["state"].values()))["step"]
+    assert int(first) == int(next(iter(before["optimizer"]["state"].values()))["step"]) + steps_per_epoch
+    epochs = {r["epoch"] for r in csv.DictReader((resumed / "metrics.csv").open())}
+    assert epochs == {"3"}
+
+
+def test_same_seed_gives_the_same_training(synthetic_train, tmp_path):
+    losses = []
+    for run in ("a", "b"):
+        assert _train(synthetic_train, tmp_path / run, "--n-epoch", "1", "--seed", "7") == 0
+        rows = csv.DictReader((tmp_path / run / "metrics.csv").open())
+        losses.append([r["value"] for r in rows if r["name"] == "loss_overall"])
+    assert losses[0] == losses[1]
+
+
+def test_predict_cli_writes_official_jsonl_that_evaluates(trained, synthetic_train, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    assert predict_cli.main([str(trained / "model_latest.ckpt"), "--data-path", str(synthetic_train.annotation_path),
+                             *_data_flags(synthetic_train), "--out", str(out), "--no-progress"]) == 0
+    rows, annotations = read_jsonl(out), read_jsonl(synthetic_train.annotation_path)
+    assert [r["qid"] for r in rows] == [a["qid"] for a in annotations]
+    for row, annotation in zip(rows, annotations, strict=True):
+        assert set(row) == {"qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores"}
+        scores = [w[2] for w in row["pred_relevant_windows"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert all(0 <= w[0] <= w[1] <= annotation["duration"] and w[0] % 2 == 0 for w in row["pred_relevant_windows"])
+        assert len(row["pred_saliency_scores"]) == annotation["duration"] / 2
+    assert 0 <= evaluate(rows, annotations)["brief"]["MR-full-R1@0.5"] <= 100
+
+
+def test_predict_refuses_features_of_the_wrong_width(trained, synthetic_train, capsys):
+    config = synthetic_train.dataset_config()
+    args = [str(trained / "model_latest.ckpt"), "--data-path", str(synthetic_train.annotation_path),
+            "--v-feat-dirs", str(config.v_feat_dirs[0]), "--t-feat-dir", str(config.t_feat_dir), "--out", "x.jsonl"]
+    assert predict_cli.main(args) == 2
+    assert "video features of width 26" in capsys.readouterr().err
+    with pytest.raises(PredictError, match="bundle written by trdetr-export"):
+        predict_cli.load_backend(config.t_feat_dir)
+
+
+def test_train_cli_reports_a_missing_feature_folder(synthetic_train, tmp_path, capsys):
+    code = train_cli.main(["--train-path", str(synthetic_train.annotation_path), "--v-feat-dirs",
+                           str(tmp_path / "nowhere"), "--t-feat-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")])
+    assert code == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_exported_bundle_predicts_like_the_checkpoint(trained, synthetic_train, tmp_path):
+    """trdetr-export converts our checkpoint without flags; ORT predictions equal the torch ones."""
+    bundle = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "model_export.cli", str(trained / "model_latest.ckpt"),
+                           "--out", str(bundle), "--random-cases", "3", "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dataset = QVHighlightsDataset(synthetic_train.dataset_config(load_labels=False))
+    onnx_backend = OnnxBackend(bundle)
+    check_compatible(onnx_backend, dataset)
+    torch_rows = predict(TorchBackend.from_checkpoint(trained / "model_latest.ckpt"), dataset, 8, progress=False)
+    onnx_rows = predict(onnx_backend, dataset, 8, progress=False)
+    for t, o in zip(torch_rows, onnx_rows, strict=True):
+        np.testing.assert_allclose(np.array(t["pred_relevant_windows"]), np.array(o["pred_relevant_windows"]),
+                                   atol=2e-3)
+        np.testing.assert_allclose(t["pred_saliency_scores"], o["pred_saliency_scores"], atol=1e-2)
+    json.dumps(onnx_rows)

@@ -1,0 +1,67 @@
+"""``trdetr-predict``: official-format predictions of a checkpoint or an ONNX bundle over a dataset.
+
+Examples::
+
+    trdetr-predict runs/qvhl/model_best.ckpt --data-path data/highlight_val_release.jsonl \\
+        --v-feat-dirs features/slowfast_features features/clip_features --t-feat-dir features/clip_text_features \\
+        --out val_preds.jsonl
+    trdetr-predict bundles/trdetr ...same data flags... --out val_preds.jsonl   # ONNX bundle on ORT
+    trdetr-eval val_preds.jsonl data/highlight_val_release.jsonl
+
+Preprocessing settings (``--max-q-l``, ``--max-v-l``, ``--no-tef``...) default to the official ones; the
+feature widths are checked against the model before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.dataset import DatasetConfig, DatasetError, QVHighlightsDataset
+from training.predict import PredictError, load_backend, predict, write_jsonl
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trdetr-predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="checkpoint file (.ckpt) or bundle directory (manifest.json)")
+    parser.add_argument("--data-path", type=Path, required=True, help="annotations (.jsonl); labels not needed")
+    parser.add_argument("--v-feat-dirs", type=Path, nargs="+", required=True,
+                        help="one folder per video feature group, in the model's order")
+    parser.add_argument("--t-feat-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="predictions jsonl to write")
+    parser.add_argument("--max-q-l", type=int, default=32)
+    parser.add_argument("--max-v-l", type=int, default=75)
+    parser.add_argument("--clip-length", type=float, default=2.0)
+    parser.add_argument("--no-norm-vfeat", action="store_true")
+    parser.add_argument("--no-norm-tfeat", action="store_true")
+    parser.add_argument("--no-tef", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--device", default="cpu", help="torch device for checkpoints (bundles run on ORT CPU)")
+    parser.add_argument("--skip-bad-files", action="store_true", help="leave out queries with bad feature files")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        dataset = QVHighlightsDataset(DatasetConfig(
+            annotation_path=args.data_path, v_feat_dirs=tuple(args.v_feat_dirs), t_feat_dir=args.t_feat_dir,
+            max_q_l=args.max_q_l, max_v_l=args.max_v_l, clip_length=args.clip_length,
+            normalize_v=not args.no_norm_vfeat, normalize_t=not args.no_norm_tfeat, use_tef=not args.no_tef,
+            load_labels=False, on_bad_file="skip" if args.skip_bad_files else "fail"))
+        backend = load_backend(args.model, args.device)
+        rows = predict(backend, dataset, args.batch_size, progress=args.progress)
+    except (DatasetError, PredictError, ValueError) as error:
+        print(f"trdetr-predict: {error}", file=sys.stderr)
+        return 2
+    write_jsonl(rows, args.out)
+    skipped = f" ({len(dataset.skipped)} skipped)" if dataset.skipped else ""
+    print(f"wrote {len(rows)} predictions{skipped} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
