@@ -19,9 +19,7 @@ def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)
     if not keys:
         return
     if not key:
-        runtime.metrics.rejected.labels("missing_api_key").inc()
         raise ServiceError(401, "missing_api_key", "This service needs an API key: send it in the X-API-Key header.",
                            headers={"WWW-Authenticate": "APIKey"})
     if not any(hmac.compare_digest(key.encode(), allowed.encode()) for allowed in keys):
-        runtime.metrics.rejected.labels("invalid_api_key").inc()
         raise ServiceError(403, "invalid_api_key", "The X-API-Key is not valid for this service.")

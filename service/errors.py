@@ -89,13 +89,22 @@ def error_response(
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
-async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+def _count_rejection(request: Request, reason: str) -> None:
+    """``trdetr_rejected_requests_total{reason}``: every refused request, by its error code."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.metrics.rejected.labels(reason).inc()
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    _count_rejection(request, exc.code)
     return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    _count_rejection(request, "invalid_request")
     problems = [
         {
             "location": ".".join(str(part) for part in err.get("loc", ())),
@@ -112,6 +121,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     code = _HTTP_CODES.get(status, "http_error")
+    if status == 413:
+        _count_rejection(request, code)
     message = str(exc.detail)
     if status == 404:
         message = f"No route {request.url.path}: see /docs for the endpoints."

@@ -31,7 +31,6 @@ def check_query_limits(runtime: Runtime, queries: list[QueryIn]) -> None:
     """422 for too many queries, over-long texts, or text queries without a text encoder."""
     settings = runtime.settings
     if len(queries) > settings.max_queries_per_request:
-        runtime.metrics.rejected.labels("too_many_queries").inc()
         raise InvalidInput(
             f"{len(queries)} queries in one request; at most {settings.max_queries_per_request} are allowed. "
             "Split them over several requests.",

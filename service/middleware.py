@@ -29,7 +29,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            self.metrics.rejected.labels("body_too_large").inc()
+            self.metrics.rejected.labels("payload_too_large").inc()
             response = error_response(413, "payload_too_large", _too_large_message(self.max_bytes),
                                       {"max_body_bytes": self.max_bytes})
             await response(scope, receive, send)
@@ -42,8 +42,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    self.metrics.rejected.labels("body_too_large").inc()
-                    raise HTTPException(413, _too_large_message(self.max_bytes))
+                    raise HTTPException(413, _too_large_message(self.max_bytes))  # counted by the handler
             return message
 
         await self.app(scope, limited_receive, send)

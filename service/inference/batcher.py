@@ -161,7 +161,6 @@ class DynamicBatcher:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self._metrics.rejected.labels("queue_full").inc()
             raise ServiceError(
                 429, "queue_full", "Too many inference requests are waiting; retry shortly.",
                 {"max_queue_size": self._queue.maxsize}, headers={"Retry-After": "1"},
@@ -171,7 +170,6 @@ class DynamicBatcher:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
         except TimeoutError:
             job.future.cancel()
-            self._metrics.rejected.labels("deadline_exceeded").inc()
             raise ServiceError(
                 504, "deadline_exceeded", f"Inference did not finish within {timeout_s:g} s; the service is "
                 "overloaded. Retry later or send fewer queries per request.", {"timeout_s": timeout_s},

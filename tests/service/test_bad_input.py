@@ -133,7 +133,7 @@ async def test_oversize_body_is_413_from_content_length_and_from_a_stream(make_s
         assert_error(await small.put("/v1/videos/big/features", content=chunks(), headers=NPZ), 413,
                      "payload_too_large")
         metrics = (await small.get("/metrics")).text
-        assert 'trdetr_rejected_requests_total{reason="body_too_large"} 2.0' in metrics
+        assert 'trdetr_rejected_requests_total{reason="payload_too_large"} 2.0' in metrics
         assert (await small.get("/v1/videos/big")).status_code == 404
 
 
@@ -186,6 +186,15 @@ async def test_malformed_json_unknown_route_and_wrong_method_use_the_error_shape
                  422, "invalid_request")
     assert_error(await client.get("/v2/nothing"), 404, "not_found", "/v2/nothing")
     assert_error(await client.patch("/v1/moments"), 405, "method_not_allowed", "PATCH")
+
+
+async def test_refused_requests_are_counted_by_reason(client, pre):
+    bad_video = {"format": "npy", "data_b64": b64(npy_bytes(np.full((2, 32), np.inf, np.float32)))}
+    await client.post("/v1/moments", json={"video": bad_video, "queries": [query(pre)]})
+    await client.post("/v1/moments", json={"video_id": VIDEO})
+    metrics = (await client.get("/metrics")).text
+    for reason in ("non_finite", "invalid_request"):
+        assert f'trdetr_rejected_requests_total{{reason="{reason}"}}' in metrics, reason
 
 
 async def test_unknown_field_is_named(client, pre):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from svc_helpers import REPO
 
 from service.app import create_app
+from service.inference.bundle import BundleError, ModelBundle
 from service.inference.session import CPU, CUDA, OnnxModel, ProviderError, requested_providers
 
 
@@ -68,3 +70,20 @@ def test_the_service_never_imports_torch(small_bundle):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "no torch" in result.stdout
+
+
+def test_fp16_without_an_fp16_graph_is_a_clear_start_up_error(small_bundle):
+    with pytest.raises(BundleError, match="no fp16 graph"):
+        ModelBundle(small_bundle, precision="fp16", device="cpu")
+
+
+def test_a_damaged_bundle_is_refused_at_start_up(small_bundle, tmp_path):
+    damaged = tmp_path / "bundle"
+    shutil.copytree(small_bundle, damaged)
+    with open(damaged / "model.onnx", "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="model.onnx: sha256"):
+        ModelBundle(damaged, device="cpu")
