@@ -18,6 +18,7 @@ import binascii
 import io
 import zipfile
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 
@@ -73,7 +74,31 @@ def decode_base64(data: str, what: str) -> bytes:
         raise InvalidInput(f"{what} is not valid base64: {exc}") from None
 
 
+def _check_npy_header(stream: IO[bytes], available: int, what: str) -> None:
+    """Refuse a .npy whose header declares more data than the file holds, before numpy allocates it.
+
+    ``available``: bytes of the whole .npy (header included). Raises 422 ``corrupt_file``.
+    """
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f".npy format version {version} is not supported; save with numpy.save")
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise InvalidInput(f"{what} is not a readable .npy file ({exc}).", code="corrupt_file") from None
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > available:
+        raise InvalidInput(
+            f"{what} declares shape {list(shape)} ({declared} bytes of data) but holds only {available} bytes.",
+            code="corrupt_file",
+        )
+
+
 def _load_npy(body: bytes, what: str) -> np.ndarray:
+    _check_npy_header(io.BytesIO(body), len(body), what)
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -86,12 +111,16 @@ def _load_npy(body: bytes, what: str) -> np.ndarray:
 def _load_npz(body: bytes, max_unpacked_bytes: int) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > max_unpacked_bytes:
-            raise InvalidInput(
-                f"The .npz unpacks to {unpacked} bytes, more than the {max_unpacked_bytes} allowed.",
-                code="corrupt_file",
-            )
+            members = archive.infolist()
+            unpacked = sum(info.file_size for info in members)
+            if unpacked > max_unpacked_bytes:
+                raise InvalidInput(
+                    f"The .npz unpacks to {unpacked} bytes, more than the {max_unpacked_bytes} allowed.",
+                    code="corrupt_file",
+                )
+            for info in members:
+                with archive.open(info) as member:
+                    _check_npy_header(member, info.file_size, f"The .npz member '{info.filename}'")
         with np.load(io.BytesIO(body), allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -58,6 +59,22 @@ def pickled_npy() -> bytes:
     return buffer.getvalue()
 
 
+def lying_npy() -> bytes:
+    """A 2x32 .npy whose header claims 2e13 rows: loading it naively would try to allocate terabytes."""
+    return npy_bytes(np.zeros((2, 32), np.float32)).replace(b"(2, 32)", b"(20000000000000, 32)")
+
+
+def lying_npz(pre) -> bytes:
+    groups = {name: npy_bytes(array) for name, array in random_groups(pre, 2, seed=8).items()}
+    first_name = pre.video_groups[0].name
+    groups[first_name] = lying_npy().replace(b"32)", f"{pre.video_groups[0].dim})".encode())
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in groups.items():
+            archive.writestr(f"{name}.npy", data)
+    return buffer.getvalue()
+
+
 def first(pre) -> str:
     return pre.video_groups[0].name
 
@@ -78,6 +95,8 @@ def first(pre) -> str:
         (lambda pre: b"\x93NUMPY garbage that is no npy header", NPY, 422, "corrupt_file", ["readable"]),
         (lambda pre: npz_bytes(**random_groups(pre, 9, seed=3))[:-40], NPZ, 422, "corrupt_file", ["npz"]),
         (lambda pre: b"", NPY, 422, "corrupt_file", ["empty"]),
+        (lambda pre: lying_npy(), NPY, 422, "corrupt_file", ["declares shape"]),
+        (lambda pre: lying_npz(pre), NPZ, 422, "corrupt_file", ["declares shape"]),
         (lambda pre: npz_bytes(**{first(pre): random_groups(pre, 9, seed=3)[first(pre)]}), NPZ, 422, "bad_groups",
          ["missing"]),
         (lambda pre: npz_bytes(**groups_with(pre, extra=np.zeros((9, 2), np.float32))), NPZ, 422, "bad_groups",
@@ -96,7 +115,7 @@ def first(pre) -> str:
          "unsupported_media_type", ["text/plain"]),
     ],
     ids=["wrong-dim", "1-d", "with-tef", "zero-clips", "int-dtype", "pickled-object", "garbage-npy",
-         "truncated-npz", "empty-body", "missing-group", "extra-array", "nan", "inf-fp16", "too-long-video",
+         "truncated-npz", "empty-body", "lying-npy-header", "lying-npz-header", "missing-group", "extra-array", "nan", "inf-fp16", "too-long-video",
          "json-content-type", "text-content-type"],
 )
 async def test_bad_upload_is_refused_and_the_stored_video_survives(client, pre, stored, make_body, headers, status,
