@@ -2,12 +2,14 @@
 
 A *job* is one request: one video ``(T, D_v)`` (TEF included) and its ``N`` queries, each
 ``(L_t, D_t)``; it becomes ``N`` rows of the batch. The loop takes the first waiting job, then
-keeps taking jobs for at most ``max_wait_ms`` or until ``max_batch_size`` rows are collected
-(it only waits while other requests are still preparing their inputs, see :meth:`preparing`,
-so a lone request never pays the wait),
-pads every row to the batch's longest text and video and runs the model once in a worker thread
-(never on the event loop). The exported model is batch-invariant, so a row's outputs do not
-depend on what it was batched with; the outputs are cut back to each row's real video length.
+keeps taking jobs until ``max_batch_size`` rows are collected or ``max_wait_ms`` has passed. It
+only waits while other requests are still preparing their inputs (see :meth:`DynamicBatcher.preparing`),
+so a lone request never pays the wait. A request is never split: one with more queries than
+``max_batch_size`` runs as a batch of its own.
+
+Every row is padded to the batch's longest text and video and the model runs once, in a worker
+thread (never on the event loop). The exported model is batch-invariant, so a row's outputs do
+not depend on what it was batched with; the outputs are cut back to each row's real video length.
 """
 
 from __future__ import annotations
@@ -195,9 +197,7 @@ class DynamicBatcher:
                     job.future.set_result(rows)
 
     async def _next_job(self, timeout_s: float | None) -> _Job | None:
-        if self._carry is not None:
-            job, self._carry = self._carry, None
-            return job
+        """The next queued job, waiting at most ``timeout_s`` (None: only one already queued)."""
         try:
             job = await asyncio.wait_for(self._queue.get(), timeout_s) if timeout_s else self._queue.get_nowait()
         except (TimeoutError, asyncio.QueueEmpty):
