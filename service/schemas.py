@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -212,6 +212,44 @@ class ModelInfo(BaseModel):
     num_queries: int | None = Field(description="Moment queries (candidate spans) the model predicts.")
     outputs: dict[str, str]
     limits: dict[str, int | float]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable error code (see service/README.md).")
+    message: str = Field(description="What went wrong and what to fix.")
+    details: Any = Field(default=None, description="Structured context (limits, offending field, ...).")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorDetail
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"code": "video_too_long", "message": "The video has 80 clips; at most 75 are "
+                                    "accepted (the model was trained on videos of up to 75 clips of 2 s). Split the video.",
+                                    "details": {"num_clips": 80, "max_clips": 75}}}]
+        }
+    )
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these statuses, all with the :class:`ErrorResponse` shape."""
+    return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
+
+
+ERROR_MEANINGS = {
+    401: "API key missing",
+    403: "API key wrong",
+    404: "Unknown video (never stored, deleted or expired)",
+    413: "Body larger than TRDETR_MAX_BODY_BYTES",
+    415: "Upload content type is not .npy / .npz",
+    422: "Invalid input; the message says what to fix",
+    429: "Inference queue full (see Retry-After)",
+    503: "Feature cache unreachable (send features inline), or the model is not ready yet",
+    504: "Inference deadline exceeded",
+}
 
 
 class Health(BaseModel):

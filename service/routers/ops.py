@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Response
 from service.auth import require_api_key
 from service.cache import layout_version
 from service.dependencies import ReadyRuntimeDep, RuntimeDep
-from service.schemas import Health, ModelInfo
+from service.schemas import Health, ModelInfo, error_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -40,7 +40,7 @@ async def metrics(runtime: RuntimeDep) -> Response:
 
 
 @router.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(require_api_key)],
-            summary="Model bundle summary and active execution providers")
+            summary="Model bundle summary and active execution providers", responses=error_responses(401, 403, 503))
 async def model_info(runtime: ReadyRuntimeDep) -> ModelInfo:
     bundle = runtime.bundle
     assert bundle is not None

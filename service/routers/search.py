@@ -18,21 +18,13 @@ from service.schemas import (
     QueryHighlights,
     QueryMoments,
     SearchRequest,
+    error_responses,
 )
 from trdetr_common.postprocess import clip_saliency, rank_moments, top_clips
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)])
 
-_ERRORS = {
-    401: {"description": "API key missing"},
-    403: {"description": "API key wrong"},
-    404: {"description": "Unknown video_id"},
-    413: {"description": "Body too large"},
-    422: {"description": "Invalid input (the message says what to fix)"},
-    429: {"description": "Inference queue full (see Retry-After)"},
-    503: {"description": "Feature cache unreachable (send features inline) or model not ready"},
-    504: {"description": "Inference deadline exceeded"},
-}
+_ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503, 504)
 
 
 async def _infer(runtime: Runtime, request: SearchRequest) -> tuple[SearchInputs, list[RowOutput]]:

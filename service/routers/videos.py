@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.auth import require_api_key
 from service.dependencies import ReadyRuntimeDep, Runtime
-from service.schemas import VIDEO_ID_PATTERN, Deleted, VideoInfo
+from service.schemas import VIDEO_ID_PATTERN, Deleted, VideoInfo, error_responses
 from service.uploads import NPY_TYPES, NPZ_TYPES, file_format, parse_video
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"], dependencies=[Depends(require_api_key)])
@@ -43,9 +43,7 @@ def _video_info(runtime: Runtime, video_id: str, meta: dict[str, Any]) -> VideoI
 
 @router.put("/{video_id}/features", response_model=VideoInfo, openapi_extra=_UPLOAD_BODY,
             summary="Store one video's clip features",
-            responses={413: {"description": "Body too large"}, 415: {"description": "Not a .npy/.npz content type"},
-                       422: {"description": "Wrong shape, dtype, NaN/Inf, too long, corrupt file"},
-                       503: {"description": "Feature cache unreachable"}})
+            responses=error_responses(401, 403, 413, 415, 422, 503))
 async def put_features(video_id: VideoId, request: Request, runtime: ReadyRuntimeDep) -> VideoInfo:
     """Validate, normalise (as the manifest says) and store the features with a TTL.
 
@@ -67,14 +65,14 @@ async def put_features(video_id: VideoId, request: Request, runtime: ReadyRuntim
 
 
 @router.get("/{video_id}", response_model=VideoInfo, summary="Stored video metadata and TTL left",
-            responses={404: {"description": "Unknown video"}, 503: {"description": "Feature cache unreachable"}})
+            responses=error_responses(401, 403, 404, 422, 503))
 async def get_video(video_id: VideoId, runtime: ReadyRuntimeDep) -> VideoInfo:
     assert runtime.store is not None
     return _video_info(runtime, video_id, await runtime.store.metadata(video_id))
 
 
 @router.delete("/{video_id}", response_model=Deleted, summary="Delete a stored video",
-               responses={404: {"description": "Unknown video"}, 503: {"description": "Feature cache unreachable"}})
+               responses=error_responses(401, 403, 404, 422, 503))
 async def delete_video(video_id: VideoId, runtime: ReadyRuntimeDep) -> Deleted:
     assert runtime.store is not None
     await runtime.store.delete(video_id)

@@ -199,6 +199,10 @@ async def test_openapi_documents_every_endpoint_with_examples(client):
     for name in ("MomentsRequest", "MomentsResponse", "HighlightsResponse", "VideoInfo"):
         assert schemas[name].get("examples"), name
     assert "negative" in paths["/v1/highlights"]["post"]["description"]
+    for path, method, status in [("/v1/moments", "post", "422"), ("/v1/moments", "post", "429"),
+                                 ("/v1/videos/{video_id}/features", "put", "415"), ("/v1/videos/{video_id}", "get", "404")]:
+        schema = paths[path][method]["responses"][status]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("/ErrorResponse"), (path, status)
 
 
 async def test_storing_again_replaces_atomically_while_readers_run(client, pre):
