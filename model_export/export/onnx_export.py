@@ -74,16 +74,29 @@ def mha_fastpath_disabled() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
+def _clear_rnn_dispatch_caches() -> None:
+    """Forget torch's cached kernels of the RNN ops before tracing (torch 2.13 bug workaround).
+
+    For dynamic shapes torch.onnx swaps in a while-loop GRU/LSTM decomposition by assigning
+    ``op.py_kernels`` directly, which does not invalidate ``op._dispatch_cache``. A second export in
+    the same process then traces the cached per-step unrolled decomposition and silently bakes the
+    example's sequence length into the graph (``dynamic_axis_problems`` catches it).
+    """
+    for op in (torch.ops.aten.gru.input, torch.ops.aten.lstm.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if cache is not None:
+            cache.clear()
+
+
 def _dynamic_shapes(
     input_names: Sequence[str], dynamic_axes: Mapping[str, Mapping[int, str]]
-) -> dict[str, dict[int, torch.export.Dim]]:
-    """One ``torch.export.Dim`` per symbol name, shared by every axis that names it."""
+) -> tuple[dict[int, torch.export.Dim], ...]:
+    """Per positional input, its dynamic axes: one ``torch.export.Dim`` per symbol, shared by name."""
     symbols: dict[str, torch.export.Dim] = {}
-    shapes = {}
-    for name in input_names:
-        axes = dynamic_axes.get(name, {})
-        shapes[name] = {axis: symbols.setdefault(sym, torch.export.Dim(sym)) for axis, sym in axes.items()}
-    return shapes
+    return tuple(
+        {axis: symbols.setdefault(sym, torch.export.Dim(sym)) for axis, sym in dynamic_axes.get(name, {}).items()}
+        for name in input_names
+    )
 
 
 def export_module(
@@ -114,6 +127,7 @@ def export_module(
     # torch.onnx logs that torchvision ops are not registered; this model uses none of them.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     shapes = _dynamic_shapes(input_names, dynamic_axes)
+    _clear_rnn_dispatch_caches()
     with (
         mha_fastpath_disabled(),
         torch.no_grad(),

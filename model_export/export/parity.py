@@ -227,8 +227,8 @@ def fp16_gate(
         "decisive_rows": sum(r["reference_top1_margin"] >= thresholds.fp16_tie_margin for r in rows),
         "mean_top1_iou": float(np.mean([r["top1_iou"] for r in rows])),
         "min_top1_iou": float(np.min([r["top1_iou"] for r in rows])),
-        "mean_saliency_spearman": float(np.mean(rhos)) if rhos else 1.0,
-        "min_saliency_spearman": float(np.min(rhos)) if rhos else 1.0,
+        "mean_saliency_spearman": float(np.mean(rhos)) if rhos else None,  # None: no comparable row
+        "min_saliency_spearman": float(np.min(rhos)) if rhos else None,
         "rows_with_spearman": len(rhos),
     }
     failures = _fp16_failures(name, rows, measured, thresholds)
@@ -251,7 +251,7 @@ def _fp16_failures(name: str, rows: list[dict], measured: dict, t: Thresholds) -
             f"{name}: output pred_spans mean top-1 IoU {measured['mean_top1_iou']:.4f} < {t.fp16_mean_iou}; "
             f"worst {worst['top1_iou']:.4f} in case {worst['case']} row {worst['row']}"
         )
-    if measured["mean_saliency_spearman"] < t.fp16_spearman:
+    if measured["mean_saliency_spearman"] is not None and measured["mean_saliency_spearman"] < t.fp16_spearman:
         worst = min((r for r in rows if r["saliency_spearman"] is not None), key=lambda r: r["saliency_spearman"])
         failures.append(
             f"{name}: output saliency_scores mean Spearman {measured['mean_saliency_spearman']:.4f} < "

@@ -1,0 +1,63 @@
+"""Fixtures of the exporter tests: a small self-made checkpoint, a tiny CLIP text model directory,
+one exported bundle shared by the bundle tests, and the official golden fixture (skipped when
+``../shared`` is absent)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_export import TRDETRConfig, build_model, save_checkpoint
+from model_export.demo_bundle import write_tiny_clip_text_dir
+from model_export.export import export_bundle, parse_video_groups
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OFFICIAL_FIXTURE = REPO_ROOT / ".." / "shared" / "fixtures" / "official_small"
+SMALL_GROUPS = "slowfast:20,clip:8"  # + 2 TEF = v_feat_dim 30
+FEW_CASES = 6
+
+
+def small_config() -> TRDETRConfig:
+    """A complete but small TR-DETR (hidden_dim must stay 256)."""
+    return TRDETRConfig(v_feat_dim=30, t_feat_dim=16, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=32,
+                        num_queries=4, max_q_l=32, max_v_l=75)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Official-layout checkpoint of a seeded random small model."""
+    torch.manual_seed(7)
+    model = build_model(small_config()).eval()
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "small.ckpt", model, small_config(), epoch=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Hugging Face CLIP text model + tokenizer directory, 16-d tokens, one transformer layer."""
+    return write_tiny_clip_text_dir(tmp_path_factory.mktemp("clip") / "tiny_clip", seed=1, hidden_size=16,
+                                    num_layers=1, num_heads=4, intermediate_size=32)
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory, small_checkpoint: Path, tiny_clip_dir: Path) -> Path:
+    """The small checkpoint exported with fp16, text encoder and every gate (read-only for tests)."""
+    out = tmp_path_factory.mktemp("bundle") / "small"
+    export_bundle(small_checkpoint, out, fp16=True, text_encoder_dir=tiny_clip_dir,
+                  video_groups=parse_video_groups(SMALL_GROUPS), num_random_cases=FEW_CASES)
+    return out
+
+
+@pytest.fixture
+def bundle_copy(small_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the small bundle that a test may damage."""
+    return Path(shutil.copytree(small_bundle, tmp_path / "bundle"))
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    if not (OFFICIAL_FIXTURE / "checkpoint.ckpt").is_file():
+        pytest.skip(f"official golden fixture not found at {OFFICIAL_FIXTURE.resolve()} (needs ../shared)")
+    return OFFICIAL_FIXTURE

@@ -1,0 +1,50 @@
+"""Video feature group layouts: known orders per checkpoint format, the flag, and the fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_export.export.layouts import LayoutError, parse_video_groups, resolve_video_layout
+
+
+def _names_dims(layout):
+    return [(g.name, g.dim) for g in layout.groups]
+
+
+def test_official_checkpoints_put_slowfast_before_clip():
+    layout = resolve_video_layout("official", 2818, use_tef=True)
+    assert layout.source == "official"
+    assert _names_dims(layout) == [("slowfast", 2304), ("clip", 512)]
+
+
+def test_lighthouse_checkpoints_put_clip_before_slowfast():
+    layout = resolve_video_layout("lighthouse", 2818, use_tef=True)
+    assert _names_dims(layout) == [("clip", 512), ("slowfast", 2304)]
+
+
+def test_an_unknown_width_becomes_one_group_and_says_why():
+    layout = resolve_video_layout("official", 34, use_tef=True)
+    assert layout.source == "unknown"
+    assert _names_dims(layout) == [("video", 32)]
+    assert "--video-groups" in layout.note
+
+
+def test_without_tef_the_whole_width_is_features():
+    assert _names_dims(resolve_video_layout("official", 2816, use_tef=False)) == [("slowfast", 2304), ("clip", 512)]
+
+
+def test_the_flag_overrides_the_format_default():
+    layout = resolve_video_layout("official", 2818, True, parse_video_groups("clip:512,slowfast:2304"))
+    assert layout.source == "flag"
+    assert _names_dims(layout) == [("clip", 512), ("slowfast", 2304)]
+
+
+def test_flag_dims_that_do_not_add_up_name_both_widths():
+    with pytest.raises(LayoutError, match="add up to 2800 .* 2816 wide"):
+        resolve_video_layout("official", 2818, True, parse_video_groups("slowfast:2288,clip:512"))
+
+
+@pytest.mark.parametrize("spec", ["slowfast", "slowfast:abc", "slowfast:0", ":12", "a:1,a:2", "slowfast:2304,"])
+def test_malformed_group_specs_are_rejected_with_an_example(spec):
+    with pytest.raises(LayoutError):
+        parse_video_groups(spec)
