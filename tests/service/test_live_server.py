@@ -98,3 +98,6 @@ def test_with_nothing_configured_it_serves_the_default_bundle_on_an_embedded_red
         answer = client.post("/v1/highlights", json={"video_id": "default", "queries": [query]})
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["results"][0]["clips"]) == 8
+        if model["text_encoder"]:
+            text = client.post("/v1/moments", json={"video_id": "default", "queries": ["a man plays the guitar"]})
+            assert text.status_code == 200, text.text
