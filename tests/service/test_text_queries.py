@@ -19,7 +19,7 @@ from svc_helpers import (
 
 from trdetr_common.postprocess import clip_saliency, rank_moments
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # exports a second bundle (~30-50 s)
 
 NPZ = {"content-type": "application/x-npz"}
 
