@@ -12,7 +12,7 @@ from service.errors import ServiceError
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when API keys are configured.")
 
 
-def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
+async def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
     """401 without a key, 403 with a wrong one; a no-op when no keys are configured."""
     runtime = request.app.state.runtime
     keys: list[str] = runtime.settings.api_keys

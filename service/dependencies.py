@@ -36,11 +36,12 @@ class Runtime:
         return min(self.settings.max_video_clips or trained, trained)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """The app's runtime (async, like every dependency here: sync ones would cost a threadpool hop)."""
     return request.app.state.runtime
 
 
-def get_ready_runtime(request: Request) -> Runtime:
+async def get_ready_runtime(request: Request) -> Runtime:
     """The runtime, or 503 while the model is still loading / warming up."""
     runtime: Runtime = request.app.state.runtime
     if not runtime.ready:
