@@ -127,23 +127,23 @@ def _load_npz(body: bytes, max_unpacked_bytes: int) -> dict[str, np.ndarray]:
         raise InvalidInput(f"The body is not a readable .npz file ({exc}).", code="corrupt_file") from None
 
 
-def _check_array(array: np.ndarray, name: str, dim: int) -> None:
-    """2-D, fp16/fp32, the expected width, at least one clip, finite."""
+def _check_array(array: np.ndarray, name: str, dim: int, row: str = "clip") -> None:
+    """2-D ``(rows, dim)``, fp16/fp32, at least one row, finite; ``row`` names a row in messages."""
     if array.dtype not in ACCEPTED_DTYPES:
         raise InvalidInput(f"'{name}' has dtype {array.dtype}; send float16 or float32.", code="bad_dtype")
     if array.ndim != 2:
-        raise InvalidInput(f"'{name}' must be 2-D (clips, {dim}), got shape {list(array.shape)}.", code="bad_shape")
+        raise InvalidInput(f"'{name}' must be 2-D ({row}s, {dim}), got shape {list(array.shape)}.", code="bad_shape")
     if array.shape[1] != dim:
         raise InvalidInput(
-            f"'{name}' has {array.shape[1]} features per clip; the model expects {dim}.",
+            f"'{name}' has {array.shape[1]} features per {row}; the model expects {dim}.",
             {"expected_dim": dim, "got_dim": int(array.shape[1])}, code="bad_shape",
         )
     if array.shape[0] < 1:
-        raise InvalidInput(f"'{name}' has no clips; send at least one.", code="bad_shape")
+        raise InvalidInput(f"'{name}' has no {row}s; send at least one.", code="bad_shape")
     if not np.isfinite(array).all():
-        row = int(np.nonzero(~np.isfinite(array).all(axis=1))[0][0])
+        first = int(np.nonzero(~np.isfinite(array).all(axis=1))[0][0])
         raise InvalidInput(
-            f"'{name}' contains NaN or infinite values (first in clip {row}).", {"clip": row},
+            f"'{name}' contains NaN or infinite values (first in {row} {first}).", {row: first},
             code="non_finite",
         )
 
@@ -210,7 +210,7 @@ def parse_query_features(body: bytes, pre: PreprocessingContract, index: int) ->
     """A precomputed query ``(L, text_dim)`` (.npy bytes) -> normalised text features (L, text_dim)."""
     what = f"queries[{index}].features_b64"
     array = _load_npy(body, what)
-    _check_array(array, what, pre.text_dim)
+    _check_array(array, what, pre.text_dim, row="token")
     if array.shape[0] > pre.max_text_tokens:
         raise InvalidInput(
             f"{what} has {array.shape[0]} tokens; the model takes at most {pre.max_text_tokens}. "

@@ -176,6 +176,9 @@ def query(pre, tokens: int = 4, dim: int | None = None) -> dict:
          "query_too_long", ["at most"]),
         (lambda pre: {"video_id": VIDEO, "queries": [{"features_b64": "not base64!"}]}, 422, "invalid_input",
          ["base64"]),
+        (lambda pre: {"video_id": VIDEO, "queries": [
+            {"features_b64": b64(npy_bytes(np.full((3, pre.text_dim), np.nan, np.float32)))}]}, 422, "non_finite",
+         ["NaN", "token 0"]),
         (lambda pre: {"video_id": VIDEO, "queries": ["a person cooks"]}, 422, "text_encoder_missing",
          ["features_b64", "text encoder"]),
         (lambda pre: {"video_id": VIDEO, "queries": [{"text": "x" * 1001}]}, 422, "query_too_long", ["1000"]),
@@ -191,7 +194,7 @@ def query(pre, tokens: int = 4, dim: int | None = None) -> dict:
          ["nms_iou"]),
     ],
     ids=["unknown-video", "empty-text", "blank-text", "no-queries", "too-many-queries", "wrong-text-dim",
-         "too-many-tokens", "bad-base64", "text-without-encoder", "too-long-text", "no-video", "two-videos",
+         "too-many-tokens", "bad-base64", "query-nan", "text-without-encoder", "too-long-text", "no-video", "two-videos",
          "inline-nan", "inline-corrupt", "top-k-0", "nms-over-1"],
 )
 async def test_bad_search_request_gets_a_clear_4xx(client, pre, stored, make_json, status, code, words):
