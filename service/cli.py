@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s, access_log=False,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        access_log=settings.log_level == "debug",  # per-request lines only when debugging; /metrics counts them
     )
 
 
