@@ -182,8 +182,10 @@ def _row_fp16_metrics(ref: Arrays, cand: Arrays, row: int, clips: int, tie_margi
     The candidate's top-1 counts as the reference's when its reference foreground probability is
     within ``tie_margin`` of the best one: such queries are tied at fp16 precision, so either is the
     top-1 moment, and its span is then compared with the reference span *of the same query*.
-    The saliency is compared only when both picked the same query: MR2HD refines the saliency with
-    the top-1 moment's clips, so after a tie resolved the other way it legitimately differs.
+    The saliency is compared only on rows where both graphs provably made the same top-1 pick (same
+    argmax, and the reference margin is more than twice the largest foreground-probability change):
+    MR2HD refines the saliency with the top-1 moment's clips, so where fp16 noise can reorder tied
+    queries inside the graph the saliency legitimately differs.
     """
     ref_fg, cand_fg = _softmax_fg(ref["pred_logits"][row]), _softmax_fg(cand["pred_logits"][row])
     ref_top, cand_top = int(ref_fg.argmax()), int(cand_fg.argmax())
@@ -193,8 +195,9 @@ def _row_fp16_metrics(ref: Arrays, cand: Arrays, row: int, clips: int, tie_margi
     ref_span = ref["pred_spans"][row, cand_top if same else ref_top]
     iou = _span_iou(ref_span, cand["pred_spans"][row, cand_top])
     ref_sal, cand_sal = ref["saliency_scores"][row, :clips], cand["saliency_scores"][row, :clips]
-    rho = None  # undefined for < 2 clips or constant scores
-    if cand_top == ref_top and clips >= 2 and np.ptp(ref_sal) > 0 and np.ptp(cand_sal) > 0:
+    rho = None  # not compared: top-1 pick not provably shared, < 2 clips or constant scores
+    same_pick = cand_top == ref_top and margin > 2 * float(np.abs(cand_fg - ref_fg).max())
+    if same_pick and clips >= 2 and np.ptp(ref_sal) > 0 and np.ptp(cand_sal) > 0:
         rho = float(spearmanr(ref_sal, cand_sal).statistic)
     return {
         "top1_same": same, "top1_exact_query": cand_top == ref_top, "reference_top1_margin": margin,
