@@ -198,6 +198,12 @@ class QVHighlightsDataset(Dataset):
                 raise FeatureFileError(f"{path}: {error}") from None
         return self._cached(("t", qid), build)
 
+    def video_group_dims(self) -> list[tuple[str, int]]:
+        """(folder name, feature width) of each video group, read from the first usable video."""
+        vid = self.records[0]["vid"]
+        return [(folder.name, int(load_npz_array(folder / f"{vid}.npz", "features").shape[1]))
+                for folder in self.config.v_feat_dirs]
+
     def __len__(self) -> int:
         return len(self.records)
 

@@ -135,3 +135,21 @@ def test_exported_bundle_predicts_like_the_checkpoint(trained, synthetic_train, 
                                    atol=2e-3)
         np.testing.assert_allclose(t["pred_saliency_scores"], o["pred_saliency_scores"], atol=1e-2)
     json.dumps(onnx_rows)
+
+
+def test_a_few_epochs_reduce_the_training_loss(tmp_path, synthetic_spec):
+    from training.synthetic import write_synthetic_split
+
+    split = write_synthetic_split(tmp_path / "data", "train", 48, seed=5, spec=synthetic_spec)
+    assert _train(split, tmp_path / "run", "--n-epoch", "5", "--lr", "5e-4", "--dropout", "0") == 0
+    losses = [float(r["value"]) for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())
+              if r["name"] == "loss_overall"]
+    assert len(losses) == 5 and losses[-1] < 0.8 * losses[0]
+
+
+def test_train_cli_names_the_feature_groups_for_the_exporter(synthetic_train, tmp_path):
+    flags = ["--train-path", str(synthetic_train.annotation_path), *_data_flags(synthetic_train), *TINY_MODEL,
+             "--out-dir", str(tmp_path)]
+    trainer = train_cli.build_trainer(train_cli.build_parser().parse_args(flags))
+    command = train_cli.export_command(trainer, tmp_path / "model_best.ckpt")
+    assert command.endswith("--video-groups group0_dim24:24,group1_dim8:8")
