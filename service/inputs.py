@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,9 +93,8 @@ async def _load_video(runtime: Runtime, request: SearchRequest) -> np.ndarray:
 
 
 async def resolve_inputs(runtime: Runtime, request: SearchRequest) -> SearchInputs:
-    """Validate limits, then fetch the video and encode the queries (422/404/503 on problems)."""
+    """Validate limits, then fetch the video while the queries are encoded (422/404/503 on problems)."""
     queries = request.query_objects()
     check_query_limits(runtime, queries)
-    texts = await _encode_queries(runtime, queries)
-    video = await _load_video(runtime, request)
+    texts, video = await asyncio.gather(_encode_queries(runtime, queries), _load_video(runtime, request))
     return SearchInputs(request.video_id, video, texts, [q.text for q in queries])
