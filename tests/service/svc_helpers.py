@@ -21,6 +21,7 @@ from trdetr_common.manifest import Manifest, PreprocessingContract
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared"
 SMALL_CHECKPOINT = SHARED / "fixtures" / "official_small" / "checkpoint.ckpt"
+OFFICIAL_CASES = SHARED / "fixtures" / "official_small" / "cases.npz"
 DEFAULT_BUNDLE = REPO / "service" / "default_bundle"
 SMALL_GROUPS = "slowfast:24,clip:8"
 
