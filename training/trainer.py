@@ -117,6 +117,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_score: float | None = None
         self.best_metrics: dict = {}
+        self._last_predictions: list[dict] = []
 
     @property
     def latest_path(self) -> Path:
