@@ -173,9 +173,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: TRDETRConfig, *,
                     optimizer: torch.optim.Optimizer | None = None, lr_scheduler: Any = None,
-                    epoch: int | None = None, fmt: str = FORMAT_OFFICIAL) -> Path:
-    """Write `model`'s weights in the official layout (default) or ours (`fmt="trdetr-service"`)."""
+                    epoch: int | None = None, fmt: str = FORMAT_OFFICIAL,
+                    extra_opt: Mapping[str, Any] | None = None) -> Path:
+    """Write `model`'s weights in the official layout (default) or ours (`fmt="trdetr-service"`).
+
+    `extra_opt`: more fields for the opt (official) / config dict (ours), plain containers only, e.g.
+    `{"video_feature_groups": [["slowfast", 2304], ["clip", 512]]}`, which `trdetr-export` reads so the
+    bundle's preprocessing contract needs no flag. The official code ignores fields it does not know.
+    """
     path = Path(path)
+    extra = dict(extra_opt or {})
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if fmt == FORMAT_OFFICIAL:
         obj: dict[str, Any] = {
@@ -183,11 +190,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: TRDETRCon
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
             "epoch": epoch,
-            "opt": config.to_opt(),
+            "opt": argparse.Namespace(**{**vars(config.to_opt()), **extra}),
         }
     elif fmt == FORMAT_SERVICE:
         obj = {"format": FORMAT_SERVICE, "version": SERVICE_FORMAT_VERSION, "model": state,
-               "config": config.to_dict(), "epoch": epoch}
+               "config": {**config.to_dict(), **extra}, "epoch": epoch}
     else:
         raise ValueError(f"fmt={fmt!r}: use {FORMAT_OFFICIAL!r} or {FORMAT_SERVICE!r}")
     path.parent.mkdir(parents=True, exist_ok=True)

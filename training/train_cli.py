@@ -124,15 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {result.seconds:.1f}s; latest checkpoint {result.latest_checkpoint}")
     if result.best_checkpoint is not None:
         print(f"best {trainer.config.best_metric} = {result.best_score:.4f}: {result.best_checkpoint}")
-    print("bundle for the service (the checkpoint does not record how its video features split into "
-          f"groups): {export_command(trainer, result.best_checkpoint or result.latest_checkpoint)}")
+    checkpoint = result.best_checkpoint or result.latest_checkpoint
+    print(f"bundle for the service (the checkpoint records its video feature groups): "
+          f"trdetr-export {checkpoint} --out BUNDLE_DIR")
     return 0
-
-
-def export_command(trainer: Trainer, checkpoint: Path) -> str:
-    """The trdetr-export command line that records this run's video feature groups in the bundle."""
-    groups = ",".join(f"{name}:{dim}" for name, dim in trainer.train_set.video_group_dims())
-    return f"trdetr-export {checkpoint} --out BUNDLE_DIR --video-groups {groups}"
 
 
 if __name__ == "__main__":

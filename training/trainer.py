@@ -141,8 +141,10 @@ class Trainer:
     def save(self, path: Path, epoch: int) -> Path:
         from model_export import save_checkpoint
 
+        groups = [[name, dim] for name, dim in self.train_set.video_group_dims()]
         save_checkpoint(path, self.model, self.model_config, optimizer=self.optimizer,
-                        lr_scheduler=self.scheduler, epoch=epoch, fmt="official")
+                        lr_scheduler=self.scheduler, epoch=epoch, fmt="official",
+                        extra_opt={"video_feature_groups": groups})
         return path
 
     def _loader(self) -> DataLoader:

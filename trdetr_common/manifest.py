@@ -73,7 +73,7 @@ class PreprocessingContract(_Strict):
     video_groups: list[VideoFeatureGroup] = Field(
         min_length=1, description="Ordered video feature groups; concatenated in this order."
     )
-    video_groups_source: Literal["official", "lighthouse", "flag", "unknown"] = Field(
+    video_groups_source: Literal["official", "lighthouse", "checkpoint", "flag", "unknown"] = Field(
         description="Where the group layout came from; 'unknown' means one group covering the full width."
     )
     video_groups_note: str | None = Field(

@@ -128,7 +128,8 @@ def export_bundle(
     loaded = read_checkpoint(checkpoint)
     model, config = load_checkpoint(checkpoint)
     _check_servable(config)
-    layout = resolve_video_layout(loaded.format, config.v_feat_dim, config.use_tef, list(video_groups or []))
+    layout = resolve_video_layout(loaded.format, config.v_feat_dim, config.use_tef, list(video_groups or []),
+                                  recorded=loaded.raw_opt.get("video_feature_groups"))
     if layout.source == "unknown":
         _log(f"warning: {layout.note}", True)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ A checkpoint stores only the total video width (``v_feat_dim``, TEF columns incl
 it splits into groups. The split matters to the service: each group is L2-normalised on its own
 before concatenation, so normalising the wrong slices silently changes the model's inputs.
 
-Known layouts (QVHighlights ``slowfast_clip`` features, 2304 + 512 = 2816 columns):
+Checkpoints written by ``trdetr-train`` record their groups in the opt field ``video_feature_groups``
+(``[[name, dim], ...]``). Otherwise, known layouts (QVHighlights ``slowfast_clip`` features, 2304 + 512 = 2816
+columns):
 - the official TR-DETR scripts list ``slowfast_features`` then ``clip_features``;
 - Lighthouse concatenates ``clip`` then ``slowfast``.
 Anything else needs ``--video-groups`` or falls back to one group ``video`` of the full width.
@@ -74,6 +76,7 @@ def resolve_video_layout(
     v_feat_dim: int,
     use_tef: bool,
     override: list[VideoFeatureGroup] | None = None,
+    recorded: object = None,
 ) -> VideoLayout:
     """Decide the ordered video feature groups of a checkpoint.
 
@@ -82,18 +85,18 @@ def resolve_video_layout(
         v_feat_dim: model input width, TEF columns included.
         use_tef: whether the last 2 columns are TEF.
         override: groups given on the command line; must add up to the feature width.
+        recorded: the opt's ``video_feature_groups`` (``[[name, dim], ...]``) when the checkpoint has it.
     Returns:
         VideoLayout; source "unknown" (one group ``video``) when the split cannot be known.
     """
     width = feature_width(v_feat_dim, use_tef)
     if override:
-        total = sum(g.dim for g in override)
-        if total != width:
-            raise LayoutError(
-                f"--video-groups add up to {total} columns but the checkpoint's video features are {width} "
-                f"wide (v_feat_dim {v_feat_dim}{' minus 2 TEF columns' if use_tef else ''}); fix the dims"
-            )
+        _check_width(override, width, v_feat_dim, use_tef, "--video-groups")
         return VideoLayout(list(override), "flag", "video groups given explicitly at export time")
+    if recorded:
+        groups = _recorded_groups(recorded)
+        _check_width(groups, width, v_feat_dim, use_tef, "the checkpoint's video_feature_groups")
+        return VideoLayout(groups, "checkpoint", "video groups recorded in the checkpoint by trdetr-train")
     known = _KNOWN_LAYOUTS.get(checkpoint_format)
     if known and sum(dim for _, dim in known) == width:
         groups = [VideoFeatureGroup(name=n, dim=d) for n, d in known]
@@ -106,3 +109,24 @@ def resolve_video_layout(
         "separately normalised groups"
     )
     return VideoLayout([VideoFeatureGroup(name="video", dim=width)], "unknown", note)
+
+
+def _recorded_groups(recorded: object) -> list[VideoFeatureGroup]:
+    """``[[name, dim], ...]`` from a checkpoint's opt, validated like the ``--video-groups`` flag."""
+    try:
+        spec = ",".join(f"{name}:{int(dim)}" for name, dim in recorded)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as error:
+        raise LayoutError(
+            f"the checkpoint's video_feature_groups {recorded!r} is not a list of [name, dim] pairs; "
+            "override it with --video-groups name:dim,..."
+        ) from error
+    return parse_video_groups(spec)
+
+
+def _check_width(groups: list[VideoFeatureGroup], width: int, v_feat_dim: int, use_tef: bool, what: str) -> None:
+    total = sum(g.dim for g in groups)
+    if total != width:
+        raise LayoutError(
+            f"{what} add up to {total} columns but the checkpoint's video features are {width} "
+            f"wide (v_feat_dim {v_feat_dim}{' minus 2 TEF columns' if use_tef else ''}); fix the dims"
+        )

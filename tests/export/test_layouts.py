@@ -48,3 +48,20 @@ def test_flag_dims_that_do_not_add_up_name_both_widths():
 def test_malformed_group_specs_are_rejected_with_an_example(spec):
     with pytest.raises(LayoutError):
         parse_video_groups(spec)
+
+
+def test_groups_recorded_by_trdetr_train_beat_the_format_default():
+    layout = resolve_video_layout("official", 34, True, recorded=[["group0", 24], ["group1", 8]])
+    assert layout.source == "checkpoint"
+    assert _names_dims(layout) == [("group0", 24), ("group1", 8)]
+
+
+def test_the_flag_beats_recorded_groups():
+    layout = resolve_video_layout("official", 34, True, parse_video_groups("a:30,b:2"), recorded=[["g", 32]])
+    assert (layout.source, _names_dims(layout)) == ("flag", [("a", 30), ("b", 2)])
+
+
+@pytest.mark.parametrize("recorded", [[["g", 30]], "slowfast", [["g"]], [["bad name", 32]]])
+def test_recorded_groups_that_do_not_fit_are_refused(recorded):
+    with pytest.raises(LayoutError):
+        resolve_video_layout("official", 34, True, recorded=recorded)

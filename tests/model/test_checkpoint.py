@@ -45,6 +45,17 @@ def test_round_trip_gives_identical_outputs(tmp_path, fmt):
     assert (info.format, info.epoch) == (fmt, 7)
 
 
+@pytest.mark.parametrize("fmt", ["trdetr-service", "official"])
+def test_extra_opt_fields_travel_with_the_checkpoint(tmp_path, fmt):
+    config = tiny_config()
+    groups = [["slowfast", 20], ["clip", 10]]
+    path = save_checkpoint(tmp_path / "m.ckpt", perturbed_model(config), config, fmt=fmt,
+                           extra_opt={"video_feature_groups": groups})
+    info = read_checkpoint(path)
+    assert info.raw_opt["video_feature_groups"] == groups
+    assert info.config == config
+
+
 def test_our_format_needs_no_allow_list(tmp_path):
     config = tiny_config()
     path = save_checkpoint(tmp_path / "m.ckpt", perturbed_model(config), config, fmt="trdetr-service")

@@ -125,6 +125,9 @@ def test_exported_bundle_predicts_like_the_checkpoint(trained, synthetic_train, 
                            "--out", str(bundle), "--random-cases", "3", "--quiet"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    preprocessing = json.loads((bundle / "manifest.json").read_text())["preprocessing"]
+    assert preprocessing["video_groups_source"] == "checkpoint"
+    assert [(g["name"], g["dim"]) for g in preprocessing["video_groups"]] == [("group0_dim24", 24), ("group1_dim8", 8)]
     dataset = QVHighlightsDataset(synthetic_train.dataset_config(load_labels=False))
     onnx_backend = OnnxBackend(bundle)
     check_compatible(onnx_backend, dataset)
@@ -147,9 +150,10 @@ def test_a_few_epochs_reduce_the_training_loss(tmp_path, synthetic_spec):
     assert len(losses) == 5 and losses[-1] < 0.8 * losses[0]
 
 
-def test_train_cli_names_the_feature_groups_for_the_exporter(synthetic_train, tmp_path):
-    flags = ["--train-path", str(synthetic_train.annotation_path), *_data_flags(synthetic_train), *TINY_MODEL,
-             "--out-dir", str(tmp_path)]
-    trainer = train_cli.build_trainer(train_cli.build_parser().parse_args(flags))
-    command = train_cli.export_command(trainer, tmp_path / "model_best.ckpt")
-    assert command.endswith("--video-groups group0_dim24:24,group1_dim8:8")
+def test_checkpoints_record_the_video_feature_groups_for_the_exporter(trained):
+    """trdetr-export reads the groups from the checkpoint, so the bundle normalises each group on its own."""
+    from model_export import read_checkpoint
+
+    loaded = read_checkpoint(trained / "model_latest.ckpt")
+    assert loaded.format == "official"
+    assert loaded.raw_opt["video_feature_groups"] == [["group0_dim24", 24], ["group1_dim8", 8]]
