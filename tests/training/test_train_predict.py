@@ -117,14 +117,21 @@ def test_train_cli_reports_a_missing_feature_folder(synthetic_train, tmp_path, c
     assert "file not found" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_exported_bundle_predicts_like_the_checkpoint(trained, synthetic_train, tmp_path):
-    """trdetr-export converts our checkpoint without flags; ORT predictions equal the torch ones."""
-    bundle = tmp_path / "bundle"
+@pytest.fixture(scope="module")
+def exported_bundle(trained, tmp_path_factory) -> Path:
+    """trdetr-export converts our checkpoint without flags (the groups come from the checkpoint)."""
+    bundle = tmp_path_factory.mktemp("export") / "bundle"
     done = subprocess.run([sys.executable, "-m", "model_export.cli", str(trained / "model_latest.ckpt"),
                            "--out", str(bundle), "--random-cases", "3", "--quiet"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    return bundle
+
+
+@pytest.mark.slow
+def test_exported_bundle_predicts_like_the_checkpoint(trained, exported_bundle, synthetic_train):
+    """ORT predictions of the exported bundle equal the torch ones."""
+    bundle = exported_bundle
     preprocessing = json.loads((bundle / "manifest.json").read_text())["preprocessing"]
     assert preprocessing["video_groups_source"] == "checkpoint"
     assert [(g["name"], g["dim"]) for g in preprocessing["video_groups"]] == [("group0_dim24", 24), ("group1_dim8", 8)]
@@ -138,6 +145,56 @@ def test_exported_bundle_predicts_like_the_checkpoint(trained, synthetic_train, 
                                    atol=2e-3)
         np.testing.assert_allclose(t["pred_saliency_scores"], o["pred_saliency_scores"], atol=1e-2)
     json.dumps(onnx_rows)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_the_service_answers_with_the_trained_bundle(trained, exported_bundle, synthetic_train):
+    """Train -> export -> serve: the service's moments for a synthetic video equal the torch model's."""
+    import base64
+    import io
+    import os
+    import uuid
+
+    import httpx
+
+    from service.app import create_app
+    from service.settings import Settings
+    from trdetr_common.postprocess import rank_moments
+
+    dataset = QVHighlightsDataset(synthetic_train.dataset_config(load_labels=False))
+    item, config = dataset[0], synthetic_train.dataset_config()
+    vid, qid = item["meta"]["vid"], item["meta"]["qid"]
+    groups = {folder.name: np.load(folder / f"{vid}.npz")["features"] for folder in config.v_feat_dirs}
+    buffer = io.BytesIO()
+    np.savez(buffer, **groups)
+    text = np.load(config.t_feat_dir / f"qid{qid}.npz")["last_hidden_state"].astype(np.float32)
+    query = io.BytesIO()
+    np.save(query, text)
+
+    torch_out = TorchBackend.from_checkpoint(trained / "model_latest.ckpt")(
+        {"src_txt": item["text"][None], "src_txt_mask": np.ones((1, len(item["text"])), np.float32),
+         "src_vid": item["video"][None], "src_vid_mask": np.ones((1, len(item["video"])), np.float32)})
+    expected = rank_moments(torch_out["pred_logits"][0], torch_out["pred_spans"][0], num_clips=len(item["video"]),
+                            clip_length_s=2.0)
+
+    settings = Settings(bundle_dir=exported_bundle, redis_url=os.environ.get("REDIS_URL"), device="cpu",
+                        redis_key_prefix=f"test-train-{uuid.uuid4().hex[:8]}", warmup_runs=1)
+    app = create_app(settings)
+    body = {"video": {"format": "npz", "data_b64": base64.b64encode(buffer.getvalue()).decode()},
+            "queries": [{"features_b64": base64.b64encode(query.getvalue()).decode()}]}
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+        response = await client.post("/v1/moments", json=body)
+    assert response.status_code == 200, response.text
+    moments = response.json()["results"][0]["moments"]
+    got = np.array([[m["start"], m["end"], m["score"]] for m in moments])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_a_few_epochs_reduce_the_training_loss(tmp_path, synthetic_spec):
