@@ -44,7 +44,7 @@ async def _start(runtime: Runtime) -> None:
     runtime.store = FeatureStore.from_url(
         url, timeout_s=settings.redis_timeout_s, max_connections=settings.redis_max_connections,
         prefix=settings.redis_key_prefix, layout=layout_version(bundle.pre), ttl_s=settings.feature_ttl_s,
-        metrics=runtime.metrics,
+        metrics=runtime.metrics, model_input=bundle.video_input, local_videos=settings.local_cache_videos,
     )
     if not await runtime.store.ping():
         log.warning("feature cache at %s is unreachable; stored-video requests get 503 until it is back", url)

@@ -5,11 +5,17 @@ Each video is one Redis hash ``{prefix}:video:{layout}:{video_id}`` with two fie
 - ``feat``: the preprocessed (normalised, groups concatenated, no TEF) features ``(T, D)`` as
   little-endian **float16** bytes, row-major. fp16 halves memory; the values are L2-normalised
   (|x| <= 1), where fp16's ~3 significant digits cost far less than the model's own tolerance.
-- ``meta``: JSON (clip count, dims, clip length, store time, truncation notes).
+- ``meta``: JSON (clip count, dims, clip length, store time, truncation notes, and ``version``: a
+  uuid4 hex written by every ``put``, so a reader can tell whether its local copy is still current).
 
 ``layout`` is a short hash of the bundle's video preprocessing contract, so a new bundle with a
 different feature layout never reads features stored for another one. A replace is one MULTI/EXEC
 transaction (DEL + HSET + EXPIRE), so readers see the old or the new video, never a mix.
+
+Hot videos' model-ready inputs are also kept in process (:class:`LocalInputs`, an LRU). Redis stays
+the source of truth: every read still asks Redis for the small ``meta`` (one HGET) and uses the local
+copy only when its ``version`` matches, so a replace or delete by any replica is seen at once, and a
+Redis outage is still a 503 (a video deleted elsewhere is never served from memory).
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import hashlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -38,6 +46,8 @@ log = logging.getLogger(__name__)
 STORAGE_DTYPE = np.dtype("<f2")
 STORAGE_FORMAT = "float16-le-rowmajor"
 
+ModelInput = Callable[[np.ndarray], np.ndarray]
+
 
 def layout_version(pre: PreprocessingContract) -> str:
     """Short hash of everything that decides what stored features mean."""
@@ -50,28 +60,65 @@ def layout_version(pre: PreprocessingContract) -> str:
     return hashlib.sha256(orjson.dumps(layout)).hexdigest()[:12]
 
 
-@dataclass(frozen=True)
-class StoredVideo:
-    """Features ``(T, D)`` float32 and metadata of one cached video."""
+class LocalInputs:
+    """Bounded LRU of model-ready video inputs, ``video_id -> (version, array)``; capacity 0 keeps nothing.
 
-    features: np.ndarray
-    meta: dict[str, Any]
+    The arrays are read-only: requests share them (the batcher copies them into its padded batch).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._entries
+
+    def lookup(self, video_id: str, version: str | None) -> np.ndarray | None:
+        """The cached input when it holds exactly ``version`` (None never matches)."""
+        entry = self._entries.get(video_id)
+        if version is None or entry is None or entry[0] != version:
+            return None
+        self._entries.move_to_end(video_id)
+        return entry[1]
+
+    def remember(self, video_id: str, version: str | None, array: np.ndarray) -> None:
+        """Keep ``array`` as ``version`` of ``video_id``, evicting the least recently used beyond capacity."""
+        if self.capacity == 0 or version is None:
+            return
+        array.flags.writeable = False
+        self._entries[video_id] = (version, array)
+        self._entries.move_to_end(video_id)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def forget(self, video_id: str) -> None:
+        self._entries.pop(video_id, None)
 
 
 class FeatureStore:
     """Async Redis access with short timeouts; every Redis failure becomes a 503 ``CacheUnavailable``."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, layout: str, ttl_s: int, metrics: Metrics) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, layout: str, ttl_s: int, metrics: Metrics,
+        model_input: ModelInput, local_videos: int = 0,
+    ) -> None:
+        """``model_input`` turns stored features (T, D) into the model's video input (the bundle's
+        ``video_input``); ``local_videos`` bounds the in-process LRU of those inputs (0 disables it)."""
         self.client = client
         self.layout = layout
         self.ttl_s = ttl_s
+        self.local = LocalInputs(local_videos)
+        self._model_input = model_input
         self._prefix = f"{prefix}:video:{layout}:"
         self._metrics = metrics
 
     @classmethod
     def from_url(
         cls, url: str, *, timeout_s: float, max_connections: int, prefix: str, layout: str, ttl_s: int,
-        metrics: Metrics,
+        metrics: Metrics, model_input: ModelInput, local_videos: int = 0,
     ) -> FeatureStore:
         """Pooled client that fails fast (one immediate retry, for connections gone stale after a restart)."""
         client = aioredis.Redis.from_url(
@@ -82,7 +129,8 @@ class FeatureStore:
             retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
         )
-        return cls(client, prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics)
+        return cls(client, prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics, model_input=model_input,
+                   local_videos=local_videos)
 
     def key(self, video_id: str) -> str:
         return self._prefix + video_id
@@ -97,8 +145,12 @@ class FeatureStore:
             return False
 
     async def put(self, video_id: str, features: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
-        """Store ``features`` (T, D) as fp16 with a TTL, atomically replacing any previous version."""
-        meta = {**meta, "stored_at": time.time(), "storage_dtype": STORAGE_FORMAT}
+        """Store ``features`` (T, D) as fp16 with a TTL, atomically replacing any previous version.
+
+        The meta gets a fresh ``version``, which tells every replica that its local copy is stale.
+        """
+        meta = {**meta, "stored_at": time.time(), "storage_dtype": STORAGE_FORMAT, "version": uuid.uuid4().hex}
+        self.local.forget(video_id)
         blob = np.ascontiguousarray(features, dtype=STORAGE_DTYPE).tobytes()
         key = self.key(video_id)
         try:
@@ -112,19 +164,41 @@ class FeatureStore:
         self._metrics.cache.labels("put", "stored").inc()
         return {**meta, "ttl_s": self.ttl_s}
 
-    async def get(self, video_id: str) -> StoredVideo:
-        """Features (T, D) float32 and metadata; 404 when absent or expired."""
-        try:
-            blob, raw_meta = await self.client.hmget(self.key(video_id), ["feat", "meta"])
-        except (RedisError, OSError) as exc:
-            self._failed("get", exc)
-        if blob is None or raw_meta is None:
+    async def video_input(self, video_id: str) -> np.ndarray:
+        """The model's video input (T, D + TEF) float32, read-only; 404 when absent or expired.
+
+        With the local LRU on, Redis is asked for the small meta first and the features only when the
+        local copy is missing or of another version; without it, features and meta come in one call.
+        """
+        key = self.key(video_id)
+        if self.local.capacity:
+            raw_meta = await self._redis("get", self.client.hget(key, "meta"))
+            version = self._known(video_id, raw_meta).get("version")
+            if (cached := self.local.lookup(video_id, version)) is not None:
+                self._metrics.cache.labels("get", "local_hit").inc()
+                return cached
+        blob, raw_meta = await self._redis("get", self.client.hmget(key, ["feat", "meta"]))
+        meta = self._known(video_id, raw_meta if blob is not None else None)
+        self._metrics.cache.labels("get", "hit").inc()
+        stored = np.frombuffer(blob, dtype=STORAGE_DTYPE).reshape(meta["num_clips"], meta["dim"])
+        array = self._model_input(stored)
+        self.local.remember(video_id, meta.get("version"), array)
+        return array
+
+    def _known(self, video_id: str, raw_meta: bytes | None) -> dict[str, Any]:
+        """The parsed meta; a missing one is a miss: the local copy goes and the request gets 404."""
+        if raw_meta is None:
+            self.local.forget(video_id)
             self._metrics.cache.labels("get", "miss").inc()
             raise _unknown(video_id)
-        self._metrics.cache.labels("get", "hit").inc()
-        meta = orjson.loads(raw_meta)
-        features = np.frombuffer(blob, dtype=STORAGE_DTYPE).reshape(meta["num_clips"], meta["dim"])
-        return StoredVideo(features=features.astype(np.float32), meta=meta)
+        return orjson.loads(raw_meta)
+
+    async def _redis(self, op: str, call: Awaitable[Any]) -> Any:
+        """Await one Redis call; failures become 503 ``CacheUnavailable``."""
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            self._failed(op, exc)
 
     async def metadata(self, video_id: str) -> dict[str, Any]:
         """Metadata plus ``ttl_s`` (seconds left) without reading the features."""
@@ -144,6 +218,7 @@ class FeatureStore:
 
     async def delete(self, video_id: str) -> None:
         """Remove a video; 404 when it was not stored."""
+        self.local.forget(video_id)
         try:
             removed = await self.client.delete(self.key(video_id))
         except (RedisError, OSError) as exc:
@@ -153,7 +228,7 @@ class FeatureStore:
             raise _unknown(video_id)
         self._metrics.cache.labels("delete", "deleted").inc()
 
-    def _failed(self, op: str, exc: BaseException) -> None:
+    def _failed(self, op: str, exc: BaseException) -> NoReturn:
         self._metrics.cache.labels(op, "error").inc()
         log.warning("feature cache %s failed: %s", op, exc)
         raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc

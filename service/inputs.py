@@ -16,7 +16,8 @@ from service.uploads import decode_base64, parse_query_features, parse_video
 
 @dataclass(frozen=True)
 class SearchInputs:
-    """``video`` (T, stored_dim) normalised features without TEF; ``texts`` N arrays (L_i, text_dim)."""
+    """``video`` the model's video input (T, video_input_dim: normalised features + TEF, possibly a shared
+    read-only array); ``texts`` N arrays (L_i, text_dim)."""
 
     video_id: str | None
     video: np.ndarray
@@ -77,19 +78,22 @@ async def _encode_queries(runtime: Runtime, queries: list[QueryIn]) -> list[np.n
     return [array for array in features if array is not None]
 
 
-async def _load_video(runtime: Runtime, request: SearchRequest) -> np.ndarray:
-    """Stored features from Redis, or the inline file validated like an upload."""
+def _inline_video_input(runtime: Runtime, data: bytes, fmt: str) -> np.ndarray:
+    """An inline ``.npy``/``.npz`` validated like an upload, as the model's video input (worker thread)."""
     assert runtime.bundle is not None
+    parsed = parse_video(data, fmt, runtime.bundle.pre, max_clips=runtime.max_clips,
+                         max_unpacked_bytes=4 * runtime.settings.max_body_bytes)
+    return runtime.bundle.video_input(parsed.features)
+
+
+async def _load_video(runtime: Runtime, request: SearchRequest) -> np.ndarray:
+    """The model's video input: stored features (Redis / the local LRU), or the inline file."""
     if request.video_id is not None:
         assert runtime.store is not None
-        return (await runtime.store.get(request.video_id)).features
+        return await runtime.store.video_input(request.video_id)
     assert request.video is not None
     body = decode_base64(request.video.data_b64, "video.data_b64")
-    parsed = await run_in_threadpool(
-        parse_video, body, request.video.format, runtime.bundle.pre,
-        max_clips=runtime.max_clips, max_unpacked_bytes=4 * runtime.settings.max_body_bytes,
-    )
-    return parsed.features
+    return await run_in_threadpool(_inline_video_input, runtime, body, request.video.format)
 
 
 async def resolve_inputs(runtime: Runtime, request: SearchRequest) -> SearchInputs:

@@ -29,11 +29,10 @@ _ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503, 504)
 
 async def _infer(runtime: Runtime, request: SearchRequest) -> tuple[SearchInputs, list[RowOutput]]:
     """Resolve the inputs and run every query of the request as rows of one batch job."""
-    assert runtime.bundle is not None and runtime.batcher is not None
+    assert runtime.batcher is not None
     with runtime.batcher.preparing():
         inputs = await resolve_inputs(runtime, request)
-        video = runtime.bundle.video_input(inputs.video)
-    rows = await runtime.batcher.infer(inputs.texts, video, runtime.settings.request_timeout_s)
+    rows = await runtime.batcher.infer(inputs.texts, inputs.video, runtime.settings.request_timeout_s)
     return inputs, rows
 
 

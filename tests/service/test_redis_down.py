@@ -103,8 +103,9 @@ async def test_service_recovers_by_itself_when_redis_returns(make_settings, pre,
     body = npz_bytes(**random_groups(pre, 7, seed=3))
     async with serve(make_settings(redis_url=redis_server.url)) as client:
         assert (await client.put("/v1/videos/r/features", content=body, headers=NPZ)).status_code == 200
+        assert (await client.post("/v1/moments", json=search(pre, video_id="r"))).status_code == 200  # now in memory
 
-        redis_server.stop()
+        redis_server.stop()  # the local copy is not served: the video may have been deleted meanwhile
         assert (await client.get("/v1/videos/r")).status_code == 503
         assert (await client.post("/v1/moments", json=search(pre, video_id="r"))).status_code == 503
         assert (await client.get("/readyz")).status_code == 200
