@@ -97,8 +97,12 @@ async def _load_video(runtime: Runtime, request: SearchRequest) -> np.ndarray:
 
 
 async def resolve_inputs(runtime: Runtime, request: SearchRequest) -> SearchInputs:
-    """Validate limits, then fetch the video while the queries are encoded (422/404/503 on problems)."""
+    """Validate limits, then fetch the video while the queries are decoded/encoded (422/404/503 on problems).
+
+    The video's task goes first, so its Redis request is on the wire while the query features are
+    decoded on the event loop.
+    """
     queries = request.query_objects()
     check_query_limits(runtime, queries)
-    texts, video = await asyncio.gather(_encode_queries(runtime, queries), _load_video(runtime, request))
+    video, texts = await asyncio.gather(_load_video(runtime, request), _encode_queries(runtime, queries))
     return SearchInputs(request.video_id, video, texts, [q.text for q in queries])
