@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel
 
 from service.auth import require_api_key
 from service.dependencies import ReadyRuntimeDep, Runtime
@@ -27,6 +28,15 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_
 _ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503, 504)
 
 
+def _json(model: BaseModel) -> Response:
+    """``model`` as JSON in one pydantic-core call.
+
+    Returning a ``Response`` skips FastAPI's second pass over an already valid model (re-validation,
+    ``jsonable_encoder``, ``json.dumps``); the route's ``response_model`` still documents the shape.
+    """
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 async def _infer(runtime: Runtime, request: SearchRequest) -> tuple[SearchInputs, list[RowOutput]]:
     """Resolve the inputs and run every query of the request as rows of one batch job."""
     assert runtime.batcher is not None
@@ -37,7 +47,7 @@ async def _infer(runtime: Runtime, request: SearchRequest) -> tuple[SearchInputs
 
 
 @router.post("/moments", response_model=MomentsResponse, responses=_ERRORS, summary="Moment retrieval")
-async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep) -> MomentsResponse:
+async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep) -> Response:
     """Ranked moments `{start, end, score}` per query, best first.
 
     `score` is the foreground probability of the moment (softmax over the model's two class
@@ -56,12 +66,12 @@ async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep) -> MomentsResp
         )
         moments_ = [Moment(start=float(s), end=float(e), score=float(p)) for s, e, p in ranked]
         results.append(QueryMoments(query_index=index, text=text, moments=moments_))
-    return MomentsResponse(video_id=inputs.video_id, num_clips=inputs.num_clips,
-                           duration_s=inputs.num_clips * clip_length, results=results)
+    return _json(MomentsResponse(video_id=inputs.video_id, num_clips=inputs.num_clips,
+                                 duration_s=inputs.num_clips * clip_length, results=results))
 
 
 @router.post("/highlights", response_model=HighlightsResponse, responses=_ERRORS, summary="Highlight detection")
-async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep) -> HighlightsResponse:
+async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep) -> Response:
     """Per query, the saliency of every clip and the `top_k` highlight clips.
 
     `raw` is the model's saliency score: an unbounded logit-like value that is often negative.
@@ -83,5 +93,5 @@ async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep) -> Highl
         ]
         best = [clips[int(i)] for i in top_clips(scores.raw, body.top_k)]
         results.append(QueryHighlights(query_index=index, text=text, clips=clips, top_clips=best))
-    return HighlightsResponse(video_id=inputs.video_id, num_clips=inputs.num_clips,
-                              duration_s=inputs.num_clips * clip_length, results=results)
+    return _json(HighlightsResponse(video_id=inputs.video_id, num_clips=inputs.num_clips,
+                                    duration_s=inputs.num_clips * clip_length, results=results))
