@@ -29,9 +29,9 @@ SMALL_GROUPS = "slowfast:24,clip:8"
 def run_exporter(helper: str, out_dir: Path) -> None:
     """Run one export helper of this module in a fresh Python process.
 
-    ``export_bundle`` cannot run twice in one process yet (the second export comes out with a fixed
-    video length; reported to the exporter's owner), and a subprocess also keeps torch's memory out of
-    the test process.
+    ``export_bundle`` could run in this process too (a second export in one process keeps its lengths
+    dynamic: tests/export/test_onnx_export.py); the subprocess keeps the export's memory (tracing, the
+    ONNX graphs) out of the long-running test process.
     """
     code = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             f"import svc_helpers; svc_helpers.{helper}(Path({str(out_dir)!r}))")
