@@ -15,7 +15,8 @@ transaction (DEL + HSET + EXPIRE), so readers see the old or the new video, neve
 Hot videos' model-ready inputs are also kept in process (:class:`LocalInputs`, an LRU). Redis stays
 the source of truth: every read still asks Redis for the small ``meta`` (one HGET) and uses the local
 copy only when its ``version`` matches, so a replace or delete by any replica is seen at once, and a
-Redis outage is still a 503 (a video deleted elsewhere is never served from memory).
+Redis outage is still a 503 (a video deleted elsewhere is never served from memory). Videos stored
+before versions existed have none and are always read from Redis until they are stored again.
 """
 
 from __future__ import annotations
