@@ -29,8 +29,8 @@ class FeedForward(nn.Module):
         self.activation = nn.PReLU()
 
 
-class TransformerEncoderLayer(FeedForward):
-    """Post-norm self-attention layer over the clips: (batch, Lv, d) -> (batch, Lv, d)."""
+class AttentionFeedForward(FeedForward):
+    """Base of the encoder layers: one attention (`self_attn`), the feed-forward, two norms and dropouts."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
@@ -38,6 +38,10 @@ class TransformerEncoderLayer(FeedForward):
         self._init_ffn(d_model, dim_feedforward, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+
+class TransformerEncoderLayer(AttentionFeedForward):
+    """Post-norm self-attention layer over the clips: (batch, Lv, d) -> (batch, Lv, d)."""
 
     def forward(self, src: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
         """src, pos: (batch, Lv, d); valid: (batch, Lv)."""
@@ -46,19 +50,12 @@ class TransformerEncoderLayer(FeedForward):
         return self.norm2(src + self.dropout2(self._ffn(src)))
 
 
-class T2VEncoderLayer(FeedForward):
+class T2VEncoderLayer(AttentionFeedForward):
     """Clips attend to the text tokens (text passes through unchanged): (batch, Lv, d) -> (batch, Lv, d).
 
     The official layer also builds a (clip-pad AND token-pad) attn_mask; it only ever hides tokens the
     key-padding mask already hides (when tiled correctly), so the key-padding mask alone is used here.
     """
-
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
-        super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
-        self._init_ffn(d_model, dim_feedforward, dropout)
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, vid: Tensor, txt: Tensor, txt_valid: Tensor, pos_vid: Tensor, pos_txt: Tensor) -> Tensor:
         """vid, pos_vid: (batch, Lv, d); txt, pos_txt: (batch, Lt, d); txt_valid: (batch, Lt)."""
