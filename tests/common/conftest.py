@@ -9,19 +9,20 @@ SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 OFFICIAL_SMALL = SHARED / "fixtures" / "official_small"
 
 
+def _official_npz(name: str) -> np.lib.npyio.NpzFile:
+    path = OFFICIAL_SMALL / name
+    if not path.exists():
+        pytest.skip(f"official fixture {name} not found at {path} (the shared data directory is absent)")
+    return np.load(path)
+
+
 @pytest.fixture(scope="session")
 def official_cases() -> np.lib.npyio.NpzFile:
     """Golden inputs/outputs of the official TR-DETR code (see shared/fixtures/official_small/README.md)."""
-    path = OFFICIAL_SMALL / "cases.npz"
-    if not path.exists():
-        pytest.skip(f"official golden fixture not found at {path} (the shared data directory is absent)")
-    return np.load(path)
+    return _official_npz("cases.npz")
 
 
 @pytest.fixture(scope="session")
 def official_padded_batch() -> np.lib.npyio.NpzFile:
     """The same cases as one batch padded by the official ``pad_sequences_1d``."""
-    path = OFFICIAL_SMALL / "padded_batch.npz"
-    if not path.exists():
-        pytest.skip(f"official padded batch not found at {path} (the shared data directory is absent)")
-    return np.load(path)
+    return _official_npz("padded_batch.npz")
