@@ -16,6 +16,10 @@ from model_export.parity_report import (
 )
 
 ATOL = 1e-5
+# A padded batch changes how the matmuls are blocked, so its rows carry a little more float32 rounding
+# noise than single runs (the official code's own 1- vs 2-thread runs differ by 3.8e-6; rows of a padded
+# batch by up to ~1.2e-5 on some CPUs). Still four orders of magnitude below the official batching bug.
+BATCH_ATOL = 5e-5
 NUM_CASES = 8
 
 
@@ -51,5 +55,5 @@ def test_padded_batch_rows_equal_single_official_runs(official_model, official_c
     diffs, mismatches = padded_batch_report(official_model, official_cases, official_padded_batch)
     assert mismatches == []
     worst = {key: max(values) for key, values in diffs.items()}
-    assert all(v <= ATOL for v in worst.values()), worst
+    assert all(v <= BATCH_ATOL for v in worst.values()), worst
     assert max(official_padded_batch["maxdiff_vs_single_saliency_scores"]) > 0.1  # the official bug is real

@@ -46,11 +46,20 @@ def as_array(moments: list[dict]) -> np.ndarray:
     return np.array([[m["start"], m["end"], m["score"]] for m in moments]).reshape(-1, 3)
 
 
+TIE = 1e-4  # scores closer than this are a near-tie: ORT and torch may rank them either way
+
+
 def assert_same_moments(got: list[dict], want: np.ndarray) -> None:
+    """Same windows (whole clips, no float noise) and scores rank by rank; only moments whose scores are
+    within ``TIE`` of each other may swap places."""
     got_array = as_array(got)
     assert got_array.shape == want.shape
-    np.testing.assert_array_equal(got_array[:, :2], want[:, :2])  # whole clips: no float noise
-    np.testing.assert_allclose(got_array[:, 2], want[:, 2], atol=1e-4)
+    np.testing.assert_allclose(got_array[:, 2], want[:, 2], atol=TIE)
+    for rank, (start, end, score) in enumerate(got_array):
+        if (want[rank, :2] == (start, end)).all():
+            continue
+        tied = want[np.abs(want[:, 2] - score) <= TIE]
+        assert ((tied[:, :2] == (start, end)).all(axis=1)).any(), (rank, got_array, want)
 
 
 async def test_store_npz_reports_clips_duration_dims_expiry_and_truncation(client, pre):
