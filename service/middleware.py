@@ -10,28 +10,43 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_response
 from service.metrics import Metrics
 
+UPLOAD_PATH_PREFIX = "/v1/videos/"
+"""``PUT`` requests under this path upload files and get ``TRDETR_MAX_BODY_BYTES``; every other body
+(JSON) gets the smaller ``TRDETR_MAX_JSON_BODY_BYTES``."""
 
-def _too_large_message(limit: int) -> str:
-    return f"The request body is larger than the {limit} bytes allowed (TRDETR_MAX_BODY_BYTES)."
+
+def _too_large_message(limit: int, setting: str) -> str:
+    return f"The request body is larger than the {limit} bytes allowed ({setting})."
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes``: at once from Content-Length, else while streaming."""
+    """Refuse bodies over their limit: at once from Content-Length, else while streaming.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics) -> None:
+    Uploads (``PUT /v1/videos/...``) may be up to ``max_upload_bytes``; any other body (JSON) up to
+    ``max_json_bytes``, so a search request can never be as large as a feature file.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_upload_bytes: int, max_json_bytes: int, metrics: Metrics) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.max_json_bytes = max_json_bytes
         self.metrics = metrics
+
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        if scope["method"] == "PUT" and scope["path"].startswith(UPLOAD_PATH_PREFIX):
+            return self.max_upload_bytes, "TRDETR_MAX_BODY_BYTES"
+        return self.max_json_bytes, "TRDETR_MAX_JSON_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self._limit(scope)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             self.metrics.rejected.labels("payload_too_large").inc()
-            response = error_response(413, "payload_too_large", _too_large_message(self.max_bytes),
-                                      {"max_body_bytes": self.max_bytes})
+            response = error_response(413, "payload_too_large", _too_large_message(limit, setting),
+                                      {"max_body_bytes": limit, "setting": setting}, {"Connection": "close"})
             await response(scope, receive, send)
             return
         received = 0
@@ -41,8 +56,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, _too_large_message(self.max_bytes))  # counted by the handler
+                if received > limit:
+                    raise HTTPException(413, _too_large_message(limit, setting))  # counted by the handler
             return message
 
         await self.app(scope, limited_receive, send)
