@@ -46,6 +46,12 @@ def precheck_search_body(data: Any, request: Request) -> None:
         check_query_count(len(queries), request.app.state.runtime.settings.max_queries_per_request)
 
 
+def search_body_max_values(request: Request) -> int:
+    """Most JSON values a search body may hold: every query's text could be all commas, plus the fields."""
+    settings = request.app.state.runtime.settings
+    return settings.max_queries_per_request * (settings.max_query_chars + 8) + 256
+
+
 def check_query_limits(runtime: Runtime, queries: list[QueryIn]) -> None:
     """422 for too many queries, over-long texts, or text queries without a text encoder."""
     settings = runtime.settings

@@ -10,7 +10,7 @@ from service.cache import TenantStore
 from service.deadline import time_left
 from service.dependencies import ReadyRuntimeDep, Runtime, TenantStoreDep
 from service.inference.batcher import RowOutput
-from service.inputs import SearchInputs, precheck_search_body, resolve_inputs
+from service.inputs import SearchInputs, precheck_search_body, resolve_inputs, search_body_max_values
 from service.json_body import json_route
 from service.schemas import (
     ClipScore,
@@ -27,7 +27,7 @@ from service.schemas import (
 from trdetr_common.postprocess import clip_saliency, rank_moments, top_clips
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)],
-                   route_class=json_route(precheck_search_body))
+                   route_class=json_route(precheck_search_body, search_body_max_values))
 
 _ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503, 504)
 

@@ -38,6 +38,7 @@ def live_server(env: dict[str, str], port: int, timeout_s: float = 120) -> Itera
     process = subprocess.Popen([str(SERVE), "--port", str(port)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client.server_pid = process.pid  # type: ignore[attr-defined]
     try:
         deadline = time.monotonic() + timeout_s
         while True:
