@@ -125,14 +125,18 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", f"The request is invalid: {summary}", {"problems": problems})
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app accepts on this request's path (for the ``Allow`` header)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method some route of the app accepts on this request's path (for the ``Allow`` header).
+
+    Starlette's own 405 names only the methods of the first route matching the path, so ``GET`` and
+    ``DELETE`` of ``/v1/videos/{id}`` (two routes) were never listed together.
+    """
+    routes = request.app.router.routes
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
