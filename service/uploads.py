@@ -64,6 +64,10 @@ def file_format(content_type: str | None, body: bytes) -> str:
             return "npy"
         if body.startswith(_ZIP_MAGIC):
             return "npz"
+        raise InvalidInput(
+            "The application/octet-stream body is neither a .npy file (magic \\x93NUMPY) nor a .npz (zip) file.",
+            code="corrupt_file",
+        )
     raise ServiceError(
         415, "unsupported_media_type",
         f"Content-Type '{mime or '<none>'}' is not a feature file. Send the raw bytes of a .npy file as "
