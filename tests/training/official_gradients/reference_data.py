@@ -9,6 +9,7 @@ names, so it needs no file).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -110,10 +111,19 @@ def disable_dropout(model: nn.Module) -> None:
             module.dropout = 0.0
 
 
+@functools.cache
+def _fixture_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], TRDETRConfig]:
+    """The fixture's weights and config, read once (each batch gets a fresh model)."""
+    model, config = load_checkpoint(path)
+    return model.state_dict(), config
+
+
 def our_model(weights: str, opt: dict) -> nn.Module:
     """Our TR-DETR for a weight set, float64, in training mode with dropout off."""
     if weights == "fixture":
-        model, _ = load_checkpoint(FIXTURE_CHECKPOINT)
+        state, config = _fixture_checkpoint(FIXTURE_CHECKPOINT)
+        model = build_model(config)
+        model.load_state_dict(state, strict=True)
     else:
         model = build_model(TRDETRConfig.from_opt(opt))
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
