@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.dataset import QVHighlightsDataset, collate
+from training.dataset import Batch, QVHighlightsDataset, collate
 from training.losses import TRDETRCriterion
 from training.predict import TorchBackend, predict, write_jsonl
 
@@ -79,6 +79,21 @@ def load_training_state(path: str | Path) -> dict:
     """
     with torch.serialization.safe_globals([argparse.Namespace, torch.device]):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def backward_step(model: nn.Module, criterion: TRDETRCriterion, batch: Batch) -> dict[str, float]:
+    """Forward one batch, compute every loss term and backpropagate their weighted sum.
+
+    Gradients accumulate into the parameters' ``.grad`` (zero them first). Returns the logged loss terms
+    (``criterion``'s logs, ``loss_overall`` included); a non-finite total raises FloatingPointError before
+    the backward pass.
+    """
+    outputs = model(**batch.model_inputs)
+    loss, logs = criterion(outputs, batch.targets)
+    if not math.isfinite(logs["loss_overall"]):
+        raise FloatingPointError(f"loss became {logs['loss_overall']}: {logs}; lower --lr")
+    loss.backward()
+    return logs
 
 
 class MetricsLog:
@@ -158,13 +173,11 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         batches = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not self.config.progress, leave=False)
         for batch in batches:
-            batch = batch.to(self.device)
-            outputs = self.model(**batch.model_inputs)
-            loss, logs = self.criterion(outputs, batch.targets)
-            if not math.isfinite(logs["loss_overall"]):
-                raise FloatingPointError(f"loss became {logs['loss_overall']} at epoch {epoch + 1}: {logs}; lower --lr")
             self.optimizer.zero_grad()
-            loss.backward()
+            try:
+                logs = backward_step(self.model, self.criterion, batch.to(self.device))
+            except FloatingPointError as error:
+                raise FloatingPointError(f"epoch {epoch + 1}: {error}") from None
             if self.config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()

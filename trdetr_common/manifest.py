@@ -50,6 +50,15 @@ class TextEncoderSpec(_Strict):
     )
     tokenizer_file: str | None = Field(default=None, description="tokenizer.json for the `tokenizers` library.")
     context_length: int | None = Field(default=None, description="Tokenizer truncation length (77 for CLIP).")
+    text_cleaning: Literal["openai-clip", "none"] = Field(
+        default="openai-clip",
+        description=(
+            "What is done to a query before tokenizer_file (trdetr_common.text): 'openai-clip' = OpenAI CLIP's "
+            "simple_tokenizer cleaning (ftfy.fix_text, html.unescape twice, whitespace runs to one space, strip, "
+            "lowercase), which made the training queries' features; 'none' = tokenizer_file alone. Bundles "
+            "written before this field existed hold CLIP's tokenizer too and get 'openai-clip'."
+        ),
+    )
     input_names: list[str] = Field(
         default=["input_ids", "attention_mask"],
         description="Bundled encoder inputs, both int64 (batch, tokens); attention_mask 1 = real token.",

@@ -21,7 +21,6 @@ import onnx
 import onnxruntime as ort
 import pydantic
 import torch
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from model_export import load_checkpoint, read_checkpoint
@@ -39,6 +38,7 @@ from trdetr_common.manifest import (
     sha256_file,
     verify_files,
 )
+from trdetr_common.text import OPENAI_CLIP, QueryTokenizer
 
 from .cases import InputSpec
 from .checks import GateRun, build_cases, run_gates
@@ -221,6 +221,7 @@ def _preprocessing(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | No
         onnx_file=text.onnx_file if text else None,
         tokenizer_file=text.tokenizer_file if text else None,
         context_length=text.context_length if text else None,
+        text_cleaning=OPENAI_CLIP,
     )
     return PreprocessingContract(
         clip_length_s=float(config.clip_length),
@@ -415,8 +416,8 @@ def _verify_text_encoder(bundle_dir: Path, manifest: Manifest, hf_dir: Path | No
     if spec.onnx_file is None:
         return None
     if hf_dir is not None:
-        return check_text_encoder(hf_dir, bundle_dir, progress=progress)
-    tokenizer = Tokenizer.from_file(str(bundle_dir / spec.tokenizer_file))
+        return check_text_encoder(hf_dir, bundle_dir, progress=progress, cleaning=spec.text_cleaning)
+    tokenizer = QueryTokenizer(bundle_dir / spec.tokenizer_file, spec.text_cleaning)
     session = ort.InferenceSession(str(bundle_dir / spec.onnx_file), providers=["CPUExecutionProvider"])
     batch = encode_batch(tokenizer, CHECK_QUERIES, pad_id=0)
     states = session.run([TEXT_OUTPUT], batch)[0]

@@ -10,7 +10,9 @@ do not depend on tokens after them.
 
 The bundled graph takes ``input_ids`` and ``attention_mask`` (int64, (B, L)) and returns
 ``last_hidden_state`` (B, L, D). ``tokenizer.json`` truncates to the context length (77 with
-``<|endoftext|>`` kept last) and does not pad.
+``<|endoftext|>`` kept last) and does not pad. A query is cleaned as OpenAI CLIP's tokenizer cleans it
+(``trdetr_common.text``, recorded as the manifest's ``text_cleaning``) before ``tokenizer.json`` sees it; the
+checks below tokenize through the same ``QueryTokenizer`` the service uses.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from torch import nn
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from trdetr_common.text import OPENAI_CLIP, QueryTokenizer, text_cleaner
+
 from .onnx_export import export_module, store_exact_fp16_weights
 
 TEXT_ONNX = "text_encoder.onnx"
@@ -41,7 +45,8 @@ TEXT_DYNAMIC_AXES = {
 }
 
 # Queries for the tokenizer and encoder checks: casing, punctuation, whitespace, unicode, numbers,
-# contractions, emoji, and one far longer than the 77-token context.
+# contractions, emoji, what CLIP's cleaning changes (curly quotes, HTML entities, mojibake), and one far
+# longer than the 77-token context.
 CHECK_QUERIES: tuple[str, ...] = (
     "A man is cooking pasta in the kitchen.",
     "WOMAN shows her NEW shoes!!!",
@@ -52,6 +57,7 @@ CHECK_QUERIES: tuple[str, ...] = (
     "Ünïcödé ümlauts and émojis 🎉🐶 ok",
     "it's 3:45 pm, they're at 10,000 ft",
     "x",
+    "“Quoted” ‘text’ &amp; Tom &amp;amp; Jerry &lt;3 cafÃ©",
     "a very long query " + " ".join(f"word{i} and more, punctuation!" for i in range(60)),
 )
 
@@ -124,15 +130,15 @@ def export_text_encoder(hf_dir: str | Path, out_dir: str | Path, opset: int) -> 
     return TextEncoderExport(TEXT_ONNX, TOKENIZER_JSON, int(model.config.hidden_size), length)
 
 
-def encode_batch(tokenizer: Tokenizer, queries: Sequence[str], pad_id: int) -> dict[str, np.ndarray]:
-    """Tokenize with ``tokenizers`` and right-pad into int64 ``input_ids`` / ``attention_mask`` (B, L)."""
+def encode_batch(tokenizer: QueryTokenizer, queries: Sequence[str], pad_id: int) -> dict[str, np.ndarray]:
+    """Tokenize (cleaning first) and right-pad into int64 ``input_ids`` / ``attention_mask`` (B, L)."""
     encodings = tokenizer.encode_batch(list(queries))
-    width = max(len(e.ids) for e in encodings)
+    width = max(len(token_ids) for token_ids in encodings)
     ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(encodings), width), dtype=np.int64)
-    for row, enc in enumerate(encodings):
-        ids[row, : len(enc.ids)] = enc.ids
-        mask[row, : len(enc.ids)] = 1
+    for row, token_ids in enumerate(encodings):
+        ids[row, : len(token_ids)] = token_ids
+        mask[row, : len(token_ids)] = 1
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -143,35 +149,38 @@ def check_text_encoder(
     queries: Sequence[str] = CHECK_QUERIES,
     atol: float = 1e-4,
     progress: bool = False,
+    cleaning: str = OPENAI_CLIP,
 ) -> dict:
     """Tokenizer equality and torch-vs-ORT encoder parity on ``queries``.
 
-    The bundled ``tokenizer.json`` (``tokenizers`` library) must give the same ids as the
-    transformers CLIPTokenizer with ``truncation=True, max_length=context`` for every query; the
-    ORT graph on those ids must match the torch model within ``atol`` on every non-padding token.
+    The bundled ``tokenizer.json`` behind the service's ``QueryTokenizer`` (``cleaning`` first) must give
+    the same ids as the transformers CLIPTokenizer, with ``truncation=True, max_length=context``, on the
+    cleaned query for every query; the ORT graph on those ids must match the torch model within ``atol``
+    on every non-padding token.
 
     Returns:
         report dict with ``passed``, ``failures`` and per-query numbers.
     """
     model, hf_tokenizer = load_hf_text_encoder(hf_dir)
     length = context_length(model, hf_tokenizer)
-    bundled = Tokenizer.from_file(str(Path(bundle_dir) / TOKENIZER_JSON))
+    bundled = QueryTokenizer(Path(bundle_dir) / TOKENIZER_JSON, cleaning)
+    clean = text_cleaner(cleaning)
     session = ort.InferenceSession(str(Path(bundle_dir) / TEXT_ONNX), providers=["CPUExecutionProvider"])
     failures, rows = [], []
     for query in tqdm(queries, desc="text encoder parity", disable=not progress, file=sys.stderr, leave=False):
-        expected = hf_tokenizer(query, truncation=True, max_length=length)["input_ids"]
-        got = bundled.encode(query).ids
+        expected = hf_tokenizer(clean(query), truncation=True, max_length=length)["input_ids"]
+        got = bundled.encode_batch([query])[0]
         if got != expected:
             failures.append(
                 f"tokenizer.json ids differ from CLIPTokenizer for query {query[:40]!r}: "
                 f"{len(got)} tokens {got[:8]}... vs {len(expected)} tokens {expected[:8]}..."
             )
         # the encoder is checked on the reference ids, independently of the tokenizer check
-        diff = _encoder_diff(model, session, hf_tokenizer, [query], length)
+        diff = _encoder_diff(model, session, hf_tokenizer, [clean(query)], length)
         if diff > atol:
             failures.append(f"text encoder output last_hidden_state differs by {diff:.3g} > {atol:g} for query {query[:40]!r}")
         rows.append({"query": query, "tokens": len(expected), "ids_equal": got == expected, "max_abs_diff": diff})
-    padded = _encoder_diff(model, session, hf_tokenizer, queries, length)
+    padded = _encoder_diff(model, session, hf_tokenizer, [clean(q) for q in queries], length)
     if padded > atol:
         failures.append(f"text encoder on a padded batch differs by {padded:.3g} > {atol:g} on real tokens")
     return {

@@ -145,6 +145,11 @@ class TransformerDecoder(nn.Module):
 
         Returns hs (layers, batch, nq, d) (normed layer outputs) and the reference spans each layer
         started from (layers, batch, nq, 2).
+
+        Gradients, as the official decoder: each refined span is returned with its gradient path (the span
+        head's loss reaches `bbox_embed` and the layer that refined it) but enters the next layer detached
+        (DAB-DETR's iterative refinement), so the next layer's query position, width modulation and
+        refinement send no gradient back through it.
         """
         bsz, nq, _ = refpoints_unsigmoid.shape
         output = memory.new_zeros(bsz, nq, memory.shape[2])
@@ -152,6 +157,8 @@ class TransformerDecoder(nn.Module):
         hs, references = [], []
         for layer_id, layer in enumerate(self.layers):
             references.append(reference)
+            if layer_id > 0:
+                reference = reference.detach()
             sine = span_sine_embedding(reference)
             query_pos = self.ref_point_head(sine)
             if layer_id > 0:

@@ -72,7 +72,7 @@ class TRDETR(nn.Module):
         vid_proj = self.input_vid_proj(src_vid)
         txt_proj = self.input_txt_proj(src_txt)
         fused = self.fuser(vid_proj, txt_proj, vid_mask, txt_mask)
-        pos_vid = self.position_embed(fused, vid_mask)
+        pos_vid = self.position_embed(fused, vid_mask).to(fused.dtype)  # float32 math, as the official code
         pos_txt = self.txt_position_embed(txt_proj) if self.config.use_txt_pos else torch.zeros_like(txt_proj)
         stages = self.transformer(fused, txt_proj, vid_valid, txt_valid, pos_vid, pos_txt,
                                   self.query_embed.weight, self.saliency_proj1)

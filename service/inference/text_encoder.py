@@ -1,5 +1,7 @@
 """Query text -> token features with the bundle's text encoder (``tokenizers`` + ONNX Runtime).
 
+Each text is first cleaned as the manifest's ``text_encoder.text_cleaning`` says (OpenAI CLIP's cleaning for
+every CLIP bundle, old ones included: ``trdetr_common.text``), then tokenised by ``tokenizer.json``.
 The bundled encoder is the CLIP text transformer: ``input_ids`` / ``attention_mask`` (B, L) int64
 -> ``last_hidden_state`` (B, L, text_dim). Which rows form ``src_txt`` is the manifest's
 ``text_encoder.token_selection``: the rows of the real tokens (start and end tokens included,
@@ -12,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from service.errors import InvalidInput
 from service.inference.session import OnnxModel
 from trdetr_common.features import build_text_features
 from trdetr_common.manifest import PreprocessingContract
+from trdetr_common.text import QueryTokenizer
 
 
 class TextEncoder:
@@ -28,10 +30,9 @@ class TextEncoder:
         assert spec.onnx_file and spec.tokenizer_file, "TextEncoder needs a bundle with a text encoder"
         self._pre = pre
         self.model = model
-        self.tokenizer = Tokenizer.from_file(str(Path(bundle_dir) / spec.tokenizer_file))
+        self.tokenizer = QueryTokenizer(Path(bundle_dir) / spec.tokenizer_file, spec.text_cleaning,
+                                        keep_truncation=False)
         self.context_length = spec.context_length or 77
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and attention mask, both (B, L_max) int64, zero-padded on the right.
@@ -39,20 +40,20 @@ class TextEncoder:
         Raises 422 when a text has more tokens than the encoder's context length.
         """
         encodings = self.tokenizer.encode_batch(texts)
-        for index, encoding in enumerate(encodings):
-            if len(encoding.ids) > self.context_length:
+        for index, token_ids in enumerate(encodings):
+            if len(token_ids) > self.context_length:
                 raise InvalidInput(
-                    f"queries[{index}] is {len(encoding.ids)} tokens long; the text encoder takes at most "
+                    f"queries[{index}] is {len(token_ids)} tokens long; the text encoder takes at most "
                     f"{self.context_length} (start and end tokens included). Shorten the query.",
-                    {"index": index, "tokens": len(encoding.ids), "max_tokens": self.context_length},
+                    {"index": index, "tokens": len(token_ids), "max_tokens": self.context_length},
                     code="query_too_long",
                 )
-        width = max(len(encoding.ids) for encoding in encodings)
+        width = max(len(token_ids) for token_ids in encodings)
         ids = np.zeros((len(texts), width), dtype=np.int64)
         mask = np.zeros((len(texts), width), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            mask[row, : len(encoding.ids)] = 1
+        for row, token_ids in enumerate(encodings):
+            ids[row, : len(token_ids)] = token_ids
+            mask[row, : len(token_ids)] = 1
         return ids, mask
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:

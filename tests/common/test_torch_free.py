@@ -9,6 +9,7 @@ MODULES = [
     "trdetr_common.features",
     "trdetr_common.postprocess",
     "trdetr_common.spans",
+    "trdetr_common.text",
     "training.evaluation",
     "training.eval_cli",
 ]

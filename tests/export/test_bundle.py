@@ -45,6 +45,9 @@ def test_export_writes_every_file_and_a_manifest_that_describes_the_model(small_
     assert pre.l2_normalize_video and pre.l2_normalize_text
     assert pre.text_encoder.onnx_file == "text_encoder.onnx" and pre.text_encoder.context_length == 77
     assert "<|startoftext|>" in pre.text_encoder.token_selection
+    # the file itself says how queries are cleaned before tokenizer.json (not only the schema default)
+    written = json.loads((small_bundle / "manifest.json").read_text())
+    assert written["preprocessing"]["text_encoder"]["text_cleaning"] == "openai-clip"
     assert set(manifest.outputs) == {"pred_logits", "pred_spans", "saliency_scores"}
     assert not manifest.untrained
 

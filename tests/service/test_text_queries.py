@@ -1,4 +1,5 @@
-"""Text queries go through the bundle's text encoder (tokenizers + ONNX) exactly as the torch encoder would."""
+"""Text queries go through the bundle's text encoder (OpenAI CLIP's text cleaning, tokenizers + ONNX) exactly
+as the torch encoder would on the cleaned text."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from svc_helpers import (
 )
 
 from trdetr_common.postprocess import clip_saliency, rank_moments
+from trdetr_common.text import clean_clip_text
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # exports a second bundle (~30-50 s)
 
@@ -34,7 +36,7 @@ def text_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_text_encoder(text_bundle):
-    """Text -> (tokens, 16) last_hidden_state with transformers, the encoder's source of truth."""
+    """Text -> (tokens, 16) last_hidden_state with transformers on the CLIP-cleaned text (the source of truth)."""
     import torch
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -42,7 +44,7 @@ def torch_text_encoder(text_bundle):
     model = CLIPTextModel.from_pretrained(text_bundle[1]).eval()
 
     def encode(text: str) -> np.ndarray:
-        inputs = tokenizer(text, return_tensors="pt")
+        inputs = tokenizer(clean_clip_text(text), return_tensors="pt")
         with torch.no_grad():
             return model(**inputs).last_hidden_state[0].numpy()
 
@@ -62,7 +64,7 @@ async def test_text_and_feature_queries_in_one_request_equal_the_torch_pipeline(
     assert (await text_client.put("/v1/videos/tx/features", content=npz_bytes(**groups), headers=NPZ)).is_success
     tokens = random_text(pre, 6, seed=22)
     queries = ["a man cooks pasta in the kitchen", {"features_b64": b64(npy_bytes(tokens))},
-               {"text": "Café crème, 東京 🎉 at 3:45pm!"}]
+               {"text": "“Café” crème &amp; ‘東京’ 🎉 at 3:45pm!"}]
     response = await text_client.post("/v1/moments", json={"video_id": "tx", "queries": queries, "top_k": 10})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
