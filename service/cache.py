@@ -62,13 +62,18 @@ def layout_version(pre: PreprocessingContract) -> str:
 
 
 class LocalInputs:
-    """Bounded LRU of model-ready video inputs, ``video_id -> (version, array)``; capacity 0 keeps nothing.
+    """Bounded LRU of model-ready video inputs, ``video_id -> (version, array)``.
 
-    The arrays are read-only: requests share them (the batcher copies them into its padded batch).
+    Two bounds, both enforced: at most ``capacity`` videos and at most ``max_bytes`` of arrays (a 3-hour
+    video's float32 input is ~61 MB, a 150-s one 0.85 MB, so a count alone bounds nothing). An array larger
+    than ``max_bytes`` is never kept; capacity 0 keeps nothing. The arrays are read-only: requests share
+    them (the batcher copies the rows it needs into its padded batch).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._entries: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -86,17 +91,22 @@ class LocalInputs:
         return entry[1]
 
     def remember(self, video_id: str, version: str | None, array: np.ndarray) -> None:
-        """Keep ``array`` as ``version`` of ``video_id``, evicting the least recently used beyond capacity."""
-        if self.capacity == 0 or version is None:
-            return
+        """Keep ``array`` as ``version`` of ``video_id``, evicting the least recently used beyond the bounds."""
         array.flags.writeable = False
+        too_big = self.max_bytes is not None and array.nbytes > self.max_bytes
+        if self.capacity == 0 or version is None or too_big:
+            self.forget(video_id)
+            return
+        self.forget(video_id)
         self._entries[video_id] = (version, array)
-        self._entries.move_to_end(video_id)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self.nbytes += array.nbytes
+        while len(self._entries) > self.capacity or (self.max_bytes is not None and self.nbytes > self.max_bytes):
+            self.nbytes -= self._entries.popitem(last=False)[1][1].nbytes
 
     def forget(self, video_id: str) -> None:
-        self._entries.pop(video_id, None)
+        entry = self._entries.pop(video_id, None)
+        if entry is not None:
+            self.nbytes -= entry[1].nbytes
 
 
 class FeatureStore:
@@ -104,14 +114,18 @@ class FeatureStore:
 
     def __init__(
         self, client: aioredis.Redis, *, prefix: str, layout: str, ttl_s: int, metrics: Metrics,
-        model_input: ModelInput, local_videos: int = 0,
+        model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
+        bulk_client: aioredis.Redis | None = None,
     ) -> None:
         """``model_input`` turns stored features (T, D) into the model's video input (the bundle's
-        ``video_input``); ``local_videos`` bounds the in-process LRU of those inputs (0 disables it)."""
+        ``video_input``); ``local_videos`` and ``local_bytes`` bound the in-process LRU of those inputs
+        (0 videos disables it). ``bulk_client`` (default: ``client``) moves the features themselves: a
+        3-hour video is 30 MB, which must not be held to the short timeout of the small calls."""
         self.client = client
+        self.bulk = bulk_client or client
         self.layout = layout
         self.ttl_s = ttl_s
-        self.local = LocalInputs(local_videos)
+        self.local = LocalInputs(local_videos, local_bytes)
         self._model_input = model_input
         self._prefix = f"{prefix}:video:{layout}:"
         self._metrics = metrics
@@ -119,25 +133,35 @@ class FeatureStore:
     @classmethod
     def from_url(
         cls, url: str, *, timeout_s: float, max_connections: int, prefix: str, layout: str, ttl_s: int,
-        metrics: Metrics, model_input: ModelInput, local_videos: int = 0,
+        metrics: Metrics, model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
+        bulk_timeout_s: float | None = None,
     ) -> FeatureStore:
-        """Pooled client that fails fast (one immediate retry, for connections gone stale after a restart)."""
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            max_connections=max_connections,
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
-        )
-        return cls(client, prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics, model_input=model_input,
-                   local_videos=local_videos)
+        """Pooled clients that fail fast (one immediate retry, for connections gone stale after a restart).
+
+        Features go through a second pool whose socket timeout is ``bulk_timeout_s`` (connecting still fails
+        after ``timeout_s``); every other call keeps ``timeout_s``.
+        """
+        def pool(socket_timeout_s: float) -> aioredis.Redis:
+            return aioredis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=timeout_s,
+                max_connections=max_connections,
+                retry=Retry(NoBackoff(), 1),
+                health_check_interval=0,
+            )
+
+        bulk = pool(bulk_timeout_s) if bulk_timeout_s and bulk_timeout_s != timeout_s else None
+        return cls(pool(timeout_s), prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics,
+                   model_input=model_input, local_videos=local_videos, local_bytes=local_bytes, bulk_client=bulk)
 
     def key(self, video_id: str) -> str:
         return self._prefix + video_id
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self.bulk is not self.client:
+            await self.bulk.aclose()
 
     async def ping(self) -> bool:
         try:
@@ -155,7 +179,7 @@ class FeatureStore:
         blob = np.ascontiguousarray(features, dtype=STORAGE_DTYPE).tobytes()
         key = self.key(video_id)
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
+            async with self.bulk.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.hset(key, mapping={"feat": blob, "meta": orjson.dumps(meta)})
                 pipe.expire(key, self.ttl_s)
@@ -178,7 +202,7 @@ class FeatureStore:
             if (cached := self.local.lookup(video_id, version)) is not None:
                 self._metrics.cache.labels("get", "local_hit").inc()
                 return cached
-        blob, raw_meta = await self._redis("get", self.client.hmget(key, ["feat", "meta"]))
+        blob, raw_meta = await self._redis("get", self.bulk.hmget(key, ["feat", "meta"]))
         meta = self._known(video_id, raw_meta if blob is not None else None)
         self._metrics.cache.labels("get", "hit").inc()
         stored = np.frombuffer(blob, dtype=STORAGE_DTYPE).reshape(meta["num_clips"], meta["dim"])

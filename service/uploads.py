@@ -175,6 +175,18 @@ def _groups_from_npz(arrays: dict[str, np.ndarray], pre: PreprocessingContract) 
     return {name: arrays[name] for name in expected}
 
 
+def video_too_long(num_clips: int, max_clips: int, clip_length_s: float) -> InvalidInput:
+    """422 ``video_too_long`` naming the limit in seconds and in clips (``TRDETR_MAX_VIDEO_S``)."""
+    limit_s = max_clips * clip_length_s
+    return InvalidInput(
+        f"The video has {num_clips} clips ({num_clips * clip_length_s:g} s); at most {max_clips} clips "
+        f"({limit_s:g} s of {clip_length_s:g}-s clips, TRDETR_MAX_VIDEO_S) are accepted. Split the video into "
+        "parts of at most that length.",
+        {"num_clips": num_clips, "max_clips": max_clips, "duration_s": num_clips * clip_length_s,
+         "max_video_s": limit_s}, code="video_too_long",
+    )
+
+
 def parse_video(
     body: bytes, fmt: str, pre: PreprocessingContract, *, max_clips: int, max_unpacked_bytes: int
 ) -> VideoFeatures:
@@ -191,11 +203,7 @@ def parse_video(
     lengths = {name: int(array.shape[0]) for name, array in groups.items()}
     num_clips = min(lengths.values())
     if num_clips > max_clips:
-        raise InvalidInput(
-            f"The video has {num_clips} clips; at most {max_clips} are accepted (the model was trained on "
-            f"videos of up to {pre.max_video_clips} clips of {pre.clip_length_s:g} s). Split the video.",
-            {"num_clips": num_clips, "max_clips": max_clips}, code="video_too_long",
-        )
+        raise video_too_long(num_clips, max_clips, pre.clip_length_s)
     try:
         features = build_video_features(
             list(groups.values()), normalize=pre.l2_normalize_video, tef=False, eps=pre.l2_eps
