@@ -27,6 +27,7 @@ from svc_helpers import (
 )
 
 from service.cache import LocalInputs
+from service.inference.batcher import fair_shares
 from service.settings import Settings
 from trdetr_common.features import pad_batch
 from trdetr_common.postprocess import clip_saliency, rank_moments
@@ -205,6 +206,13 @@ async def test_over_the_length_limit_is_a_422_naming_seconds_and_clips(make_sett
     assert model["limits"]["max_video_clips"] == 50 and model["limits"]["max_video_s"] == 100.0
     assert model["max_video_clips"] == 75 and model["window_stride_clips"] >= 1
     assert local.max_bytes == int(1.5 * 1024 * 1024)
+
+
+def test_fair_shares_split_a_run_evenly_and_give_the_rest_to_the_first():
+    assert fair_shares([100, 1], 32) == [31, 1]
+    assert fair_shares([100, 100, 100], 32) == [11, 11, 10]
+    assert fair_shares([3, 0, 2], 32) == [3, 0, 2]
+    assert fair_shares([5], 2) == [2]
 
 
 def test_the_local_cache_is_bounded_by_bytes_as_well_as_by_count():
