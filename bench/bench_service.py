@@ -106,11 +106,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, threads: int, prefix: str, batch_wait_ms: float) -> subprocess.Popen:
+def start_server(bundle: Path, port: int, threads: int, prefix: str, batch_wait_ms: float,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRDETR_")}
     env.update(TRDETR_BUNDLE_DIR=str(bundle), TRDETR_INTRA_OP_THREADS=str(threads), TRDETR_DEVICE="cpu",
                TRDETR_REDIS_KEY_PREFIX=prefix, TRDETR_LOG_LEVEL="warning", TRDETR_MAX_QUEUE_SIZE="1024",
-               TRDETR_MAX_BATCH_WAIT_MS=str(batch_wait_ms))
+               TRDETR_MAX_BATCH_WAIT_MS=str(batch_wait_ms), **(extra_env or {}))
     process = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)], cwd=REPO, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

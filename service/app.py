@@ -62,6 +62,7 @@ async def _start(runtime: Runtime) -> None:
         prefix=settings.redis_key_prefix, layout=layout_version(bundle.pre), ttl_s=settings.feature_ttl_s,
         metrics=runtime.metrics, model_input=bundle.video_input, local_videos=settings.local_cache_videos,
         quota=Quota(settings.quota_max_videos, settings.quota_max_bytes),
+        local_bytes=int(settings.local_cache_mb * 1024 * 1024), bulk_timeout_s=settings.redis_bulk_timeout_s,
     )
     if not await runtime.store.ping():
         log.warning("feature cache at %s is unreachable; stored-video requests get 503 until it is back", url)

@@ -65,13 +65,18 @@ def layout_version(pre: PreprocessingContract) -> str:
 
 
 class LocalInputs:
-    """Bounded LRU of model-ready video inputs, ``video_id -> (version, array)``; capacity 0 keeps nothing.
+    """Bounded LRU of model-ready video inputs, ``video_id -> (version, array)``.
 
-    The arrays are read-only: requests share them (the batcher copies them into its padded batch).
+    Two bounds, both enforced: at most ``capacity`` videos and at most ``max_bytes`` of arrays (a 3-hour
+    video's float32 input is ~61 MB, a 150-s one 0.85 MB, so a count alone bounds nothing). An array larger
+    than ``max_bytes`` is never kept; capacity 0 keeps nothing. The arrays are read-only: requests share
+    them (the batcher copies the rows it needs into its padded batch).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._entries: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -89,17 +94,22 @@ class LocalInputs:
         return entry[1]
 
     def remember(self, video_id: str, version: str | None, array: np.ndarray) -> None:
-        """Keep ``array`` as ``version`` of ``video_id``, evicting the least recently used beyond capacity."""
-        if self.capacity == 0 or version is None:
-            return
+        """Keep ``array`` as ``version`` of ``video_id``, evicting the least recently used beyond the bounds."""
         array.flags.writeable = False
+        too_big = self.max_bytes is not None and array.nbytes > self.max_bytes
+        if self.capacity == 0 or version is None or too_big:
+            self.forget(video_id)
+            return
+        self.forget(video_id)
         self._entries[video_id] = (version, array)
-        self._entries.move_to_end(video_id)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self.nbytes += array.nbytes
+        while len(self._entries) > self.capacity or (self.max_bytes is not None and self.nbytes > self.max_bytes):
+            self.nbytes -= self._entries.popitem(last=False)[1][1].nbytes
 
     def forget(self, video_id: str) -> None:
-        self._entries.pop(video_id, None)
+        entry = self._entries.pop(video_id, None)
+        if entry is not None:
+            self.nbytes -= entry[1].nbytes
 
 
 class FeatureStore:
@@ -110,44 +120,56 @@ class FeatureStore:
 
     def __init__(
         self, client: aioredis.Redis, *, prefix: str, layout: str, ttl_s: int, metrics: Metrics,
-        model_input: ModelInput, local_videos: int = 0, quota: Quota | None = None,
+        model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
+        quota: Quota | None = None, bulk_client: aioredis.Redis | None = None,
     ) -> None:
         """``model_input`` turns stored features (T, D) into the model's video input (the bundle's
-        ``video_input``); ``local_videos`` bounds the in-process LRU of those inputs (0 disables it);
-        ``quota`` limits what each tenant may store."""
+        ``video_input``); ``local_videos`` and ``local_bytes`` bound the in-process LRU of those inputs
+        (0 videos disables it); ``quota`` limits what each tenant may store. ``bulk_client`` (default:
+        ``client``) moves the features themselves: a 3-hour video is 30 MB, which must not be held to the
+        short timeout of the small calls."""
         self.client = client
+        self.bulk = bulk_client or client
         self.prefix = prefix
         self.layout = layout
         self.ttl_s = ttl_s
         self.quota = quota or Quota()
-        self.local = LocalInputs(local_videos)
+        self.local = LocalInputs(local_videos, local_bytes)
         self.model_input = model_input
         self.metrics = metrics
-        self.put_script = client.register_script(PUT_SCRIPT)
+        self.put_script = self.bulk.register_script(PUT_SCRIPT)
         self.delete_script = client.register_script(DELETE_SCRIPT)
 
     @classmethod
     def from_url(
         cls, url: str, *, timeout_s: float, max_connections: int, pool_timeout_s: float, prefix: str, layout: str,
-        ttl_s: int, metrics: Metrics, model_input: ModelInput, local_videos: int = 0, quota: Quota | None = None,
+        ttl_s: int, metrics: Metrics, model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
+        quota: Quota | None = None, bulk_timeout_s: float | None = None,
     ) -> FeatureStore:
-        """Pooled client that fails fast (one immediate retry, for connections gone stale after a restart).
+        """Pooled clients that fail fast (one immediate retry, for connections gone stale after a restart).
 
-        The pool is a ``BlockingConnectionPool``: a call beyond ``max_connections`` concurrent ones
+        The pools are ``BlockingConnectionPool``s: a call beyond ``max_connections`` concurrent ones
         waits up to ``pool_timeout_s`` for a connection to come back, instead of failing (which made
         healthy Redis look unreachable under load); the request's own deadline bounds that wait too.
+        Features go through a second pool whose socket timeout is ``bulk_timeout_s`` (connecting still
+        fails after ``timeout_s``); every other call keeps ``timeout_s``.
         """
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            max_connections=max_connections,
-            timeout=pool_timeout_s,
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
-        )
-        return cls(aioredis.Redis.from_pool(pool), prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics,
-                   model_input=model_input, local_videos=local_videos, quota=quota)
+        def client(socket_timeout_s: float) -> aioredis.Redis:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=timeout_s,
+                max_connections=max_connections,
+                timeout=pool_timeout_s,
+                retry=Retry(NoBackoff(), 1),
+                health_check_interval=0,
+            )
+            return aioredis.Redis.from_pool(pool)
+
+        bulk = client(bulk_timeout_s) if bulk_timeout_s and bulk_timeout_s != timeout_s else None
+        return cls(client(timeout_s), prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics,
+                   model_input=model_input, local_videos=local_videos, local_bytes=local_bytes, quota=quota,
+                   bulk_client=bulk)
 
     def tenant(self, tenant_id: str) -> TenantStore:
         """The videos of one tenant (see :mod:`service.tenancy`): it sees no other tenant's."""
@@ -155,6 +177,8 @@ class FeatureStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self.bulk is not self.client:
+            await self.bulk.aclose()
 
     async def ping(self) -> bool:
         try:
@@ -247,7 +271,7 @@ class TenantStore:
             if (cached := store.local.lookup(local_key, version)) is not None:
                 store.metrics.cache.labels("get", "local_hit").inc()
                 return cached
-        blob, raw_meta = await store.redis("get", store.client.hmget(key, ["feat", "meta"]))
+        blob, raw_meta = await store.redis("get", store.bulk.hmget(key, ["feat", "meta"]))
         meta = self._known(video_id, raw_meta if blob is not None else None)
         store.metrics.cache.labels("get", "hit").inc()
         stored = np.frombuffer(blob, dtype=STORAGE_DTYPE).reshape(meta["num_clips"], meta["dim"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from service.inference.bundle import ModelBundle
 from service.metrics import Metrics
 from service.settings import Settings
 from service.tenancy import Tenant
+from trdetr_common.windows import WindowPlan, plan_windows, stride_for
 
 
 @dataclass
@@ -35,10 +37,20 @@ class Runtime:
 
     @property
     def max_clips(self) -> int:
-        """Longest accepted video: the setting, never more than the model's trained length."""
+        """Longest accepted video in clips: ``TRDETR_MAX_VIDEO_S`` / the bundle's clip length, rounded down."""
         assert self.bundle is not None
-        trained = self.bundle.pre.max_video_clips
-        return min(self.settings.max_video_clips or trained, trained)
+        return max(1, math.floor(self.settings.max_video_s / self.bundle.pre.clip_length_s + 1e-9))
+
+    @property
+    def stride_clips(self) -> int:
+        """Clips between the starts of the model's windows on a long video (``TRDETR_WINDOW_STRIDE``)."""
+        assert self.bundle is not None
+        return stride_for(self.bundle.pre.max_video_clips, self.settings.window_stride)
+
+    def window_plan(self, num_clips: int) -> WindowPlan:
+        """Where the model runs on a video of ``num_clips`` clips (one window when it fits the model)."""
+        assert self.bundle is not None
+        return plan_windows(num_clips, self.bundle.pre.max_video_clips, self.stride_clips)
 
 
 async def get_runtime(request: Request) -> Runtime:

@@ -13,6 +13,7 @@ from prometheus_client import (
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_WINDOW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
@@ -32,12 +33,21 @@ class Metrics:
             ["route", "method"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
-            "trdetr_inference_batch_size", "Query rows per ONNX Runtime run (after coalescing).",
+            "trdetr_inference_batch_size", "Rows per ONNX Runtime run: one row per query and window "
+            "(after coalescing requests; at most max_batch_size).",
             buckets=_BATCH_BUCKETS, registry=r,
         )
         self.batch_requests = Histogram(
-            "trdetr_inference_batch_requests", "Requests coalesced into one ONNX Runtime run.",
+            "trdetr_inference_batch_requests", "Requests with rows in one ONNX Runtime run.",
             buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.request_windows = Histogram(
+            "trdetr_inference_request_windows", "Model windows per request's video (1 unless the video is "
+            "longer than the model's trained length).", buckets=_WINDOW_BUCKETS, registry=r,
+        )
+        self.request_runs = Histogram(
+            "trdetr_inference_request_runs", "ONNX Runtime runs one request's rows were spread over.",
+            buckets=_WINDOW_BUCKETS, registry=r,
         )
         self.queue_wait = Histogram(
             "trdetr_inference_queue_wait_seconds", "Time a request waited in the batching queue.",

@@ -132,6 +132,22 @@ class Moment(BaseModel):
     score: float = Field(description="Foreground probability of the moment, 0-1 (softmax of the class logits).")
 
 
+class Windowing(BaseModel):
+    """How the answer was computed: the model's window(s) over the video and how their answers were merged."""
+
+    window_clips: int = Field(description="The model's window: the longest video it was trained on, in clips.")
+    stride_clips: int = Field(description="Clips between the starts of consecutive windows (TRDETR_WINDOW_STRIDE).")
+    num_windows: int = Field(description="Windows the model ran on: 1 when the video fits the model's window.")
+    merge: str = Field(
+        description="How the windows' answers were combined: 'none' (one window: the model's own answer), for "
+        "moments the TRDETR_MOMENT_MERGE rule, for highlights 'mean' (each clip: mean raw saliency of the "
+        "windows containing it)."
+    )
+
+
+_ONE_WINDOW = {"window_clips": 75, "stride_clips": 38, "num_windows": 1, "merge": "none"}
+
+
 class QueryMoments(BaseModel):
     query_index: int
     text: str | None = Field(description="The query text, or null for a features query.")
@@ -142,12 +158,13 @@ class MomentsResponse(BaseModel):
     video_id: str | None
     num_clips: int
     duration_s: float
+    windowing: Windowing
     results: list[QueryMoments]
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"video_id": "RoripwjYFp8_60.0_210.0", "num_clips": 75, "duration_s": 150.0,
+                {"video_id": "RoripwjYFp8_60.0_210.0", "num_clips": 75, "duration_s": 150.0, "windowing": _ONE_WINDOW,
                  "results": [{"query_index": 0, "text": "a man plays the guitar on stage",
                               "moments": [{"start": 24.0, "end": 58.0, "score": 0.91},
                                           {"start": 96.0, "end": 110.0, "score": 0.42}]}]}
@@ -178,12 +195,13 @@ class HighlightsResponse(BaseModel):
     video_id: str | None
     num_clips: int
     duration_s: float
+    windowing: Windowing
     results: list[QueryHighlights]
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"video_id": "RoripwjYFp8_60.0_210.0", "num_clips": 2, "duration_s": 4.0,
+                {"video_id": "RoripwjYFp8_60.0_210.0", "num_clips": 2, "duration_s": 4.0, "windowing": _ONE_WINDOW,
                  "results": [{"query_index": 0, "text": "a man plays the guitar",
                               "clips": [{"clip": 0, "start": 0.0, "end": 2.0, "raw": -1.3, "normalized": 0.0},
                                         {"clip": 1, "start": 2.0, "end": 4.0, "raw": 0.7, "normalized": 1.0}],
@@ -208,7 +226,10 @@ class ModelInfo(BaseModel):
     video_input_dim: int
     text_dim: int
     clip_length_s: float
-    max_video_clips: int
+    max_video_clips: int = Field(description="The model's window: the longest video it was trained on, in clips. "
+                                 "Longer videos (up to limits.max_video_clips) run on overlapping windows.")
+    window_stride_clips: int = Field(description="Clips between the starts of the windows on a longer video.")
+    moment_merge: str = Field(description="How moments of overlapping windows are merged (TRDETR_MOMENT_MERGE).")
     max_text_tokens: int
     num_queries: int | None = Field(description="Moment queries (candidate spans) the model predicts.")
     outputs: dict[str, str]
@@ -230,9 +251,11 @@ class ErrorResponse(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"error": {"code": "video_too_long", "message": "The video has 80 clips; at most 75 are "
-                                    "accepted (the model was trained on videos of up to 75 clips of 2 s). Split the video.",
-                                    "details": {"num_clips": 80, "max_clips": 75}}}]
+            "examples": [{"error": {"code": "video_too_long", "message": "The video has 5401 clips (10802 s); at "
+                                    "most 5400 clips (10800 s of 2-s clips, TRDETR_MAX_VIDEO_S) are accepted. Split "
+                                    "the video into parts of at most that length.",
+                                    "details": {"num_clips": 5401, "max_clips": 5400, "duration_s": 10802.0,
+                                                "max_video_s": 10800.0}}}]
         }
     )
 

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from trdetr_common.windows import DEFAULT_MERGE, DEFAULT_STRIDE_FRACTION, MergeRule
+
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "default_bundle"
 
 
@@ -55,6 +57,18 @@ class Settings(BaseSettings):
         "work that would wait longer than this for inference is refused up front (429).",
     )
 
+    # --- long videos -------------------------------------------------------------------------
+    window_stride: float = Field(
+        default=DEFAULT_STRIDE_FRACTION, gt=0, le=1,
+        description="Stride between the model's overlapping windows on a video longer than its trained length, "
+        "as a fraction of that length (0.5 -> 38 clips for the 75-clip QVHighlights model).",
+    )
+    moment_merge: MergeRule = Field(
+        default=DEFAULT_MERGE,
+        description="How moments of overlapping windows are merged: salient (keep candidates whose clips are "
+        "about as salient as the most salient one's, then NMS), nms (best copy kept) or fuse (windows vote).",
+    )
+
     # --- feature cache (Redis) ---------------------------------------------------------------
     redis_url: str | None = Field(
         default=None,
@@ -65,6 +79,11 @@ class Settings(BaseSettings):
         default=None, description="Data directory of the embedded Redis (unset -> a temporary directory)."
     )
     redis_timeout_s: float = Field(default=0.5, gt=0, description="Socket/connect timeout for Redis calls.")
+    redis_bulk_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Socket timeout of the Redis calls that move a video's features (store, read): a 3-hour "
+        "video is 30 MB. Connecting still fails after TRDETR_REDIS_TIMEOUT_S.",
+    )
     redis_max_connections: int = Field(
         default=32, ge=1,
         description="Redis connection pool size; calls beyond it wait for a free connection (within the deadline).",
@@ -90,13 +109,21 @@ class Settings(BaseSettings):
         default=32,
         ge=0,
         description="Hot videos whose model inputs each replica keeps in memory (LRU; 0 disables). Each "
-        "costs T x (D + 2) x 4 bytes: 0.85 MB for 75 clips of 2816-d features. Every read still checks "
-        "the version in Redis.",
+        "costs T x (D + 2) x 4 bytes: 0.85 MB for 75 clips of 2816-d features, 61 MB for a 3-hour video. "
+        "Every read still checks the version in Redis.",
+    )
+    local_cache_mb: float = Field(
+        default=256.0,
+        ge=0,
+        description="Memory bound of that in-process LRU in MB (both bounds apply; a video larger than it is "
+        "never kept locally).",
     )
 
     # --- limits and auth ---------------------------------------------------------------------
     max_body_bytes: int = Field(
-        default=32 * 1024 * 1024, ge=1024, description="Largest feature upload body, PUT /v1/videos/... (413)."
+        default=64 * 1024 * 1024, ge=1024,
+        description="Largest feature upload body, PUT /v1/videos/... (413); the default fits a 3-hour float32 "
+        "upload (5400 x 2816 x 4 B).",
     )
     max_json_body_bytes: int = Field(
         default=4 * 1024 * 1024,
@@ -110,8 +137,10 @@ class Settings(BaseSettings):
         "deadline, so uploads cannot starve searches.",
     )
     max_queries_per_request: int = Field(default=16, ge=1, description="Most queries in one request.")
-    max_video_clips: int | None = Field(
-        default=None, ge=1, description="Longest accepted video in clips (unset -> the model's trained length)."
+    max_video_s: float = Field(
+        default=3 * 3600.0, gt=0,
+        description="Longest accepted video in seconds (uploads and inline videos; longer -> 422). Videos "
+        "longer than the model's window are searched on overlapping windows.",
     )
     max_query_chars: int = Field(default=1000, ge=1, description="Longest accepted query text.")
     api_keys: Annotated[list[str], NoDecode] = Field(

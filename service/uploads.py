@@ -166,11 +166,7 @@ def _check_array(array: np.ndarray, name: str, dim: int, row: str = "clip") -> N
 
 def _check_clip_count(num_clips: int, max_clips: int, pre: PreprocessingContract) -> None:
     if num_clips > max_clips:
-        raise InvalidInput(
-            f"The video has {num_clips} clips; at most {max_clips} are accepted (the model was trained on "
-            f"videos of up to {pre.max_video_clips} clips of {pre.clip_length_s:g} s). Split the video.",
-            {"num_clips": num_clips, "max_clips": max_clips}, code="video_too_long",
-        )
+        raise video_too_long(num_clips, max_clips, pre.clip_length_s)
 
 
 def _groups_from_npy(array: np.ndarray, pre: PreprocessingContract) -> dict[str, np.ndarray]:
@@ -262,6 +258,18 @@ def _groups_from_npz(body: bytes, pre: PreprocessingContract, max_clips: int,
     for group in pre.video_groups:
         _check_array(arrays[group.name], group.name, group.dim)
     return arrays, lengths
+
+
+def video_too_long(num_clips: int, max_clips: int, clip_length_s: float) -> InvalidInput:
+    """422 ``video_too_long`` naming the limit in seconds and in clips (``TRDETR_MAX_VIDEO_S``)."""
+    limit_s = max_clips * clip_length_s
+    return InvalidInput(
+        f"The video has {num_clips} clips ({num_clips * clip_length_s:g} s); at most {max_clips} clips "
+        f"({limit_s:g} s of {clip_length_s:g}-s clips, TRDETR_MAX_VIDEO_S) are accepted. Split the video into "
+        "parts of at most that length.",
+        {"num_clips": num_clips, "max_clips": max_clips, "duration_s": num_clips * clip_length_s,
+         "max_video_s": limit_s}, code="video_too_long",
+    )
 
 
 def parse_video(

@@ -58,7 +58,7 @@ class DatasetConfig:
     v_feat_dirs: tuple[Path, ...]
     t_feat_dir: Path
     max_q_l: int = 32
-    max_v_l: int = 75
+    max_v_l: int | None = 75  # None: keep every clip
     clip_length: float = 2.0
     max_windows: int = 5
     normalize_v: bool = True

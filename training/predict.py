@@ -9,23 +9,39 @@ Windows and saliency go through ``trdetr_common.postprocess`` exactly as the off
 ``compute_mr_results`` + ``PostProcessorDETR`` do (scores = foreground softmax, windows in seconds of the
 annotation's ``duration``, sorted, 4 decimals, clamped to [0, 150] and rounded to the clip length; the clamp
 bound grows to the duration for videos longer than QVHighlights' 150 s).
+
+Videos longer than the model's window (its trained ``max_v_l``) are searched on overlapping windows and the
+answers merged by ``trdetr_common.windows``, the same code the service runs.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.dataset import Batch, QVHighlightsDataset, collate
+from training.dataset import QVHighlightsDataset
+from trdetr_common.features import pad_batch
 from trdetr_common.manifest import MANIFEST_NAME, Manifest
 from trdetr_common.postprocess import official_hl_scores, official_jsonl_windows
+from trdetr_common.windows import (
+    DEFAULT_MERGE,
+    DEFAULT_STRIDE_FRACTION,
+    MergeRule,
+    WindowOutput,
+    WindowPlan,
+    merge_moments,
+    merge_saliency,
+    plan_windows,
+    stride_for,
+    window_input,
+)
 
 OUTPUT_NAMES = ("pred_logits", "pred_spans", "saliency_scores")
 QVHIGHLIGHTS_MAX_TS = 150.0
@@ -42,6 +58,7 @@ class Backend(Protocol):
     video_dim: int
     text_dim: int
     clip_length: float
+    window: int  # the model's trained length in clips: longer videos are windowed
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -54,6 +71,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.video_dim, self.text_dim = config.vid_input_dim, config.t_feat_dim
         self.clip_length = float(config.clip_length)
+        self.window = int(config.max_v_l)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> TorchBackend:
@@ -83,6 +101,7 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(model_path), providers=providers or ["CPUExecutionProvider"])
         pre = self.manifest.preprocessing
         self.video_dim, self.text_dim, self.clip_length = pre.video_input_dim, pre.text_dim, pre.clip_length_s
+        self.window = pre.max_video_clips
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
@@ -113,31 +132,90 @@ def check_compatible(backend: Backend, dataset: QVHighlightsDataset) -> None:
             "their order), TEF (--no-tef) and --t-feat-dir")
 
 
-def predictions_for_batch(batch: Batch, outputs: dict[str, np.ndarray], clip_length: float) -> list[dict]:
-    """Official jsonl rows of one batch; outputs as a Backend returns them."""
-    lengths = batch.model_inputs["src_vid_mask"].sum(1).to(torch.int64).tolist()
-    rows = []
-    for i, meta in enumerate(batch.meta):
-        duration = float(meta["duration"])
-        windows = official_jsonl_windows(outputs["pred_logits"][i], outputs["pred_spans"][i], duration_s=duration,
-                                         clip_length_s=clip_length,
-                                         max_ts_s=max(QVHIGHLIGHTS_MAX_TS, duration))
-        rows.append({"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"],
-                     "pred_relevant_windows": windows,
-                     "pred_saliency_scores": official_hl_scores(outputs["saliency_scores"][i], lengths[i])})
-    return rows
+@dataclass
+class QueryWindows:
+    """One query's model outputs over its video's windows (``trdetr_common.windows``).
+
+    ``outputs[k]``: the model's answer on window k (``pred_spans`` normalised by the window, ``saliency`` of
+    its clips).
+    """
+
+    meta: dict
+    plan: WindowPlan
+    outputs: list[WindowOutput] = field(default_factory=list)
 
 
-def predict(backend: Backend, dataset: QVHighlightsDataset, batch_size: int = 100,
-            progress: bool = True) -> list[dict]:
-    """Predictions for every query of ``dataset`` in its order."""
+def _window_rows(dataset: QVHighlightsDataset, window: int, stride_fraction: float) -> Iterator[tuple]:
+    """``(query, text, video, start)`` for every window of every query, in dataset order."""
+    stride = stride_for(window, stride_fraction)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        query = QueryWindows(item["meta"], plan_windows(len(item["video"]), window, stride))
+        for start in query.plan.starts:
+            yield query, item["text"], item["video"], start
+
+
+def _run_rows(backend: Backend, rows: list[tuple], tef: bool) -> None:
+    """Run one batch of window rows and append each row's outputs to its query."""
+    videos = [window_input(video, start, query.plan.length, tef=tef) for query, _, video, start in rows]
+    src_vid, vid_mask = pad_batch(videos)
+    src_txt, txt_mask = pad_batch([text for _, text, _, _ in rows])
+    outputs = backend({"src_txt": src_txt, "src_txt_mask": txt_mask, "src_vid": src_vid, "src_vid_mask": vid_mask})
+    for row, (query, _, _, _) in enumerate(rows):
+        query.outputs.append(WindowOutput(outputs["pred_logits"][row], outputs["pred_spans"][row],
+                                          outputs["saliency_scores"][row, :query.plan.length]))
+
+
+def window_outputs(backend: Backend, dataset: QVHighlightsDataset, batch_size: int = 100, *,
+                   stride_fraction: float = DEFAULT_STRIDE_FRACTION, progress: bool = True) -> list[QueryWindows]:
+    """The model on every window of every query (batches of ``batch_size`` window rows).
+
+    Videos of at most ``backend.window`` clips are one row, exactly as before windowing existed; longer ones
+    are cut into windows by ``trdetr_common.windows.plan_windows`` with TEF relative to each window.
+    """
     check_compatible(backend, dataset)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    rows: list[dict] = []
-    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        inputs = {k: v.numpy() for k, v in batch.model_inputs.items()}
-        rows.extend(predictions_for_batch(batch, backend(inputs), backend.clip_length))
-    return rows
+    queries: list[QueryWindows] = []
+    batch: list[tuple] = []
+    for row in tqdm(_window_rows(dataset, backend.window, stride_fraction), desc="predict", disable=not progress,
+                    leave=False):
+        if not queries or queries[-1] is not row[0]:
+            queries.append(row[0])
+        batch.append(row)
+        if len(batch) == batch_size:
+            _run_rows(backend, batch, dataset.config.use_tef)
+            batch = []
+    if batch:
+        _run_rows(backend, batch, dataset.config.use_tef)
+    return queries
+
+
+def prediction_record(query: QueryWindows, clip_length: float, merge: MergeRule = DEFAULT_MERGE) -> dict:
+    """The official jsonl row of one query.
+
+    One window: official ``compute_mr_results`` + ``PostProcessorDETR`` on the annotation's duration, as the
+    official code does. Several: ``trdetr_common.windows.merge_moments`` (as many moments as the model has
+    queries, scores to 4 decimals like the official file) and ``merge_saliency``.
+    """
+    meta, plan, outputs = query.meta, query.plan, query.outputs
+    if plan.num_windows == 1:
+        duration = float(meta["duration"])
+        windows = official_jsonl_windows(outputs[0].pred_logits, outputs[0].pred_spans, duration_s=duration,
+                                         clip_length_s=clip_length, max_ts_s=max(QVHIGHLIGHTS_MAX_TS, duration))
+    else:
+        merged = merge_moments(outputs, plan, clip_length_s=clip_length, rule=merge,
+                               top_k=len(outputs[0].pred_logits))
+        windows = [[float(start), float(end), float(f"{score:.4f}")] for start, end, score in merged]
+    saliency = merge_saliency([o.saliency for o in outputs], plan)
+    return {"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"], "pred_relevant_windows": windows,
+            "pred_saliency_scores": official_hl_scores(saliency)}
+
+
+def predict(backend: Backend, dataset: QVHighlightsDataset, batch_size: int = 100, progress: bool = True, *,
+            stride_fraction: float = DEFAULT_STRIDE_FRACTION, merge: MergeRule = DEFAULT_MERGE) -> list[dict]:
+    """Predictions for every query of ``dataset`` in its order; long videos are windowed (see
+    :func:`window_outputs` and :func:`prediction_record`)."""
+    queries = window_outputs(backend, dataset, batch_size, stride_fraction=stride_fraction, progress=progress)
+    return [prediction_record(query, backend.clip_length, merge) for query in queries]
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:

@@ -8,8 +8,11 @@ Examples::
     trdetr-predict bundles/trdetr ...same data flags... --out val_preds.jsonl   # ONNX bundle on ORT
     trdetr-eval val_preds.jsonl data/highlight_val_release.jsonl
 
-Preprocessing settings (``--max-q-l``, ``--max-v-l``, ``--no-tef``...) default to the official ones; the
-feature widths are checked against the model before anything runs.
+Preprocessing settings (``--max-q-l``, ``--no-tef``...) default to the official ones; the feature widths are
+checked against the model before anything runs. Videos longer than the model's window (the ``max_v_l`` it was
+trained with) are searched on overlapping windows (``--window-stride``) and the answers merged
+(``--moment-merge``), as the service does; ``--max-v-l 75`` instead cuts every video to its first 75 clips,
+as the official evaluation does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from training.dataset import DatasetConfig, DatasetError, QVHighlightsDataset
 from training.predict import PredictError, load_backend, predict, write_jsonl
+from trdetr_common.windows import DEFAULT_MERGE, DEFAULT_STRIDE_FRACTION, MERGE_RULES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--t-feat-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="predictions jsonl to write")
     parser.add_argument("--max-q-l", type=int, default=32)
-    parser.add_argument("--max-v-l", type=int, default=75)
+    parser.add_argument("--max-v-l", type=int, default=None,
+                        help="cut every video to its first N clips (official: 75); default: keep every clip "
+                        "and window videos longer than the model's window")
+    parser.add_argument("--window-stride", type=float, default=DEFAULT_STRIDE_FRACTION,
+                        help="stride between windows of a long video, as a fraction of the model's window "
+                        f"(default {DEFAULT_STRIDE_FRACTION})")
+    parser.add_argument("--moment-merge", choices=MERGE_RULES, default=DEFAULT_MERGE,
+                        help=f"how moments of overlapping windows are merged (default {DEFAULT_MERGE})")
     parser.add_argument("--clip-length", type=float, default=2.0)
     parser.add_argument("--no-norm-vfeat", action="store_true")
     parser.add_argument("--no-norm-tfeat", action="store_true")
@@ -53,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             normalize_v=not args.no_norm_vfeat, normalize_t=not args.no_norm_tfeat, use_tef=not args.no_tef,
             load_labels=False, on_bad_file="skip" if args.skip_bad_files else "fail"))
         backend = load_backend(args.model, args.device)
-        rows = predict(backend, dataset, args.batch_size, progress=args.progress)
+        rows = predict(backend, dataset, args.batch_size, progress=args.progress,
+                       stride_fraction=args.window_stride, merge=args.moment_merge)
     except (DatasetError, PredictError, ValueError) as error:
         print(f"trdetr-predict: {error}", file=sys.stderr)
         return 2

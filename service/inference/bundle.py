@@ -65,11 +65,18 @@ class ModelBundle:
         return sum(g.dim for g in self.pre.video_groups)
 
     def video_input(self, features: np.ndarray) -> np.ndarray:
-        """Stored features (T, stored_dim) -> model video input (T, video_input_dim), TEF appended."""
-        features = np.asarray(features, dtype=np.float32)
-        if self.pre.tef:
-            features = np.concatenate([features, tef_columns(features.shape[0])], axis=1)
-        return features
+        """Stored features (T, stored_dim) -> model video input (T, video_input_dim), TEF of the whole video
+        appended (a window of a long video gets its own TEF: ``trdetr_common.windows.fill_window``).
+
+        One float32 allocation: a 3-hour video's input is ~61 MB.
+        """
+        if not self.pre.tef:
+            return np.asarray(features, dtype=np.float32)
+        num_clips, dim = features.shape
+        out = np.empty((num_clips, dim + 2), dtype=np.float32)
+        out[:, :dim] = features
+        out[:, dim:] = tef_columns(num_clips)
+        return out
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The TR-DETR graph on a padded batch (see ``service.inference.batcher.build_batch``)."""

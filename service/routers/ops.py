@@ -55,10 +55,12 @@ async def model_info(runtime: ReadyRuntimeDep) -> ModelInfo:
         text_features_expected=pre.text_encoder.expected, feature_layout=layout_version(pre),
         video_groups={g.name: g.dim for g in pre.video_groups}, video_input_dim=pre.video_input_dim,
         text_dim=pre.text_dim, clip_length_s=pre.clip_length_s, max_video_clips=pre.max_video_clips,
+        window_stride_clips=runtime.stride_clips, moment_merge=settings.moment_merge,
         max_text_tokens=pre.max_text_tokens, num_queries=manifest.config.get("num_queries"),
         outputs=manifest.outputs,
         limits={"max_body_bytes": settings.max_body_bytes,
                 "max_json_body_bytes": settings.max_json_body_bytes, "max_queries_per_request": settings.max_queries_per_request,
-                "max_video_clips": runtime.max_clips, "max_query_chars": settings.max_query_chars,
+                "max_video_clips": runtime.max_clips, "max_video_s": runtime.max_clips * pre.clip_length_s,
+                "max_query_chars": settings.max_query_chars,
                 "max_batch_size": settings.max_batch_size, "request_timeout_s": settings.request_timeout_s},
     )

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from svc_helpers import b64, full_layout, manifest_of, npy_bytes, npz_bytes, random_groups, random_text, serve
 
+from service.settings import Settings
+
 pytestmark = pytest.mark.anyio
 
 NPZ = {"content-type": "application/x-npz"}
@@ -50,6 +52,11 @@ def groups_with(pre, **replace):
     groups = random_groups(pre, 9, seed=2)
     groups.update(replace)
     return groups
+
+
+def default_max_clips(pre) -> int:
+    """The longest video a default configuration accepts (TRDETR_MAX_VIDEO_S / clip length)."""
+    return int(Settings.model_fields["max_video_s"].default // pre.clip_length_s)
 
 
 def pickled_npy() -> bytes:
@@ -107,8 +114,8 @@ def first(pre) -> str:
         (lambda pre: npz_bytes(**groups_with(pre, **{first(pre): np.full((9, pre.video_groups[0].dim), np.inf,
                                                                          np.float16)})), NPZ, 422, "non_finite",
          ["infinite"]),
-        (lambda pre: npz_bytes(**random_groups(pre, pre.max_video_clips + 1, seed=4)), NPZ, 422, "video_too_long",
-         ["at most"]),
+        (lambda pre: npz_bytes(**random_groups(pre, default_max_clips(pre) + 1, seed=4)), NPZ, 422, "video_too_long",
+         ["at most 5400 clips (10800 s"]),
         (lambda pre: b'{"features": [1, 2]}', {"content-type": "application/json"}, 415, "unsupported_media_type",
          ["application/x-npy"]),
         (lambda pre: npy_bytes(np.zeros((9, 32), np.float32)), {"content-type": "text/plain"}, 415,

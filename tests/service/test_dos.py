@@ -177,7 +177,7 @@ async def test_the_deadline_covers_a_slow_redis_call(make_settings, pre):
     async with serve(make_settings(request_timeout_s=1.0, local_cache_videos=0)) as client:
         body = npz_bytes(**random_groups(pre, 3, seed=5))
         assert (await client.put("/v1/videos/slow/features", content=body, headers=NPZ)).status_code == 200
-        redis_client = client.app.state.runtime.store.client
+        redis_client = client.app.state.runtime.store.bulk  # features are read through the bulk pool
         real_hmget = redis_client.hmget
 
         async def slow_hmget(*args, **kwargs):

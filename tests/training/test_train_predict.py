@@ -100,6 +100,58 @@ def test_predict_cli_writes_official_jsonl_that_evaluates(trained, synthetic_tra
     assert 0 <= evaluate(rows, annotations)["brief"]["MR-full-R1@0.5"] <= 100
 
 
+def _long_split(synthetic_train, root: Path, parts: int = 4) -> tuple[Path, list[Path], int]:
+    """One query whose video is ``parts`` synthetic videos end to end (longer than the model's 40 clips).
+
+    Returns the annotation path, the video feature folders and the video's clip count.
+    """
+    config = synthetic_train.dataset_config()
+    records = read_jsonl(synthetic_train.annotation_path)[:parts]
+    folders = [root / folder.name for folder in config.v_feat_dirs]
+    clips = 0
+    for folder, source in zip(folders, config.v_feat_dirs, strict=True):
+        folder.mkdir(parents=True)
+        video = np.concatenate([np.load(source / f"{r['vid']}.npz")["features"] for r in records])
+        np.savez(folder / "long.npz", features=video)
+        clips = len(video)
+    annotation = root / "long.jsonl"
+    annotation.write_text(json.dumps({**records[0], "vid": "long", "duration": clips * 2.0}) + "\n")
+    return annotation, folders, clips
+
+
+def test_predict_windows_videos_longer_than_the_model_with_the_shared_code(trained, synthetic_train, tmp_path):
+    """Windows of the model's 40 clips, TEF relative to each window (the crop as the dataset builds it),
+    merged by trdetr_common.windows; one saliency per clip of the whole video. --max-v-l 40 cuts instead."""
+    from trdetr_common.features import build_text_features, build_video_features
+    from trdetr_common.windows import WindowOutput, merge_moments, merge_saliency, plan_windows
+
+    annotation, folders, clips = _long_split(synthetic_train, tmp_path)
+    flags = ["--data-path", str(annotation), "--v-feat-dirs", *map(str, folders),
+             "--t-feat-dir", str(synthetic_train.dataset_config().t_feat_dir), "--no-progress"]
+    checkpoint = str(trained / "model_latest.ckpt")
+    assert predict_cli.main([checkpoint, *flags, "--out", str(tmp_path / "w.jsonl"), "--window-stride", "0.5",
+                             "--moment-merge", "nms"]) == 0
+    assert predict_cli.main([checkpoint, *flags, "--out", str(tmp_path / "cut.jsonl"), "--max-v-l", "40"]) == 0
+    row, cut = read_jsonl(tmp_path / "w.jsonl")[0], read_jsonl(tmp_path / "cut.jsonl")[0]
+
+    plan = plan_windows(clips, 40, 20)
+    groups = [np.load(folder / "long.npz")["features"] for folder in folders]
+    crops = np.stack([build_video_features([g[s:s + 40] for g in groups]) for s in plan.starts])
+    text = build_text_features(np.load(synthetic_train.dataset_config().t_feat_dir / f"qid{row['qid']}.npz")
+                               ["last_hidden_state"])
+    out = TorchBackend.from_checkpoint(trained / "model_latest.ckpt")(
+        {"src_txt": np.repeat(text[None], len(crops), 0), "src_txt_mask": np.ones((len(crops), len(text)), np.float32),
+         "src_vid": crops, "src_vid_mask": np.ones(crops.shape[:2], np.float32)})
+    windows = [WindowOutput(out["pred_logits"][k], out["pred_spans"][k], out["saliency_scores"][k])
+               for k in range(len(crops))]
+    expected = merge_moments(windows, plan, clip_length_s=2.0, rule="nms", top_k=3)
+    assert plan.num_windows >= 2  # at least 4 x 12 clips
+    assert row["pred_relevant_windows"] == [[s, e, float(f"{p:.4f}")] for s, e, p in expected.tolist()]
+    saliency = merge_saliency([w.saliency for w in windows], plan)
+    assert row["pred_saliency_scores"] == saliency.astype(np.float16).astype(float).tolist()
+    assert len(cut["pred_saliency_scores"]) == 40
+
+
 def test_predict_refuses_features_of_the_wrong_width(trained, synthetic_train, capsys):
     config = synthetic_train.dataset_config()
     args = [str(trained / "model_latest.ckpt"), "--data-path", str(synthetic_train.annotation_path),
