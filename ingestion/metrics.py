@@ -18,9 +18,9 @@ class IngestMetrics:
     """Every ingestion metric; names are documented in service/README.md."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.queue_waiting = Gauge(
-            "trdetr_ingest_queue_depth", "Ingestion jobs waiting for a worker (the worker autoscaler's signal).",
-            registry=registry,
+        self.queue_depth = Gauge(
+            "trdetr_ingest_queue_depth", "Ingestion jobs not yet ended: waiting for a worker or running (the "
+            "worker autoscaler's signal: one worker per job).", registry=registry,
         )
         self.queue_running = Gauge(
             "trdetr_ingest_jobs_running", "Ingestion jobs held by a worker now.", registry=registry

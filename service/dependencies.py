@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -13,6 +13,19 @@ from service.inference.batcher import DynamicBatcher
 from service.inference.bundle import ModelBundle
 from service.metrics import Metrics
 from service.settings import Settings
+from trdetr_common.manifest import PreprocessingContract
+
+if TYPE_CHECKING:
+    from service.ingest import Ingest
+
+
+def clip_limit(settings: Settings, pre: PreprocessingContract) -> int:
+    """Longest accepted video in clips: the setting, never more than the model's trained length.
+
+    One rule for feature uploads, video uploads and the ingestion workers.
+    """
+    trained = pre.max_video_clips
+    return min(settings.max_video_clips or trained, trained)
 
 
 @dataclass
@@ -25,6 +38,7 @@ class Runtime:
     store: FeatureStore | None = None
     batcher: DynamicBatcher | None = None
     embedded_redis: EmbeddedRedis | None = None
+    ingest: Ingest | None = None
     ready: bool = False
     startup_notes: list[str] = field(default_factory=list)
 
@@ -32,8 +46,7 @@ class Runtime:
     def max_clips(self) -> int:
         """Longest accepted video: the setting, never more than the model's trained length."""
         assert self.bundle is not None
-        trained = self.bundle.pre.max_video_clips
-        return min(self.settings.max_video_clips or trained, trained)
+        return clip_limit(self.settings, self.bundle.pre)
 
 
 async def get_runtime(request: Request) -> Runtime:

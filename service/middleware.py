@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from fastapi import HTTPException
@@ -11,27 +12,42 @@ from service.errors import error_response
 from service.metrics import Metrics
 
 
-def _too_large_message(limit: int) -> str:
-    return f"The request body is larger than the {limit} bytes allowed (TRDETR_MAX_BODY_BYTES)."
+VIDEO_UPLOAD_PATH = re.compile(r"^/v1/videos/[^/]+/video$")
+"""``PUT`` here uploads a video file (streamed to disk, never held in memory): ``TRDETR_MAX_VIDEO_BYTES``."""
+
+
+def _too_large_message(limit: int, setting: str) -> str:
+    return f"The request body is larger than the {limit} bytes allowed ({setting})."
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes``: at once from Content-Length, else while streaming."""
+    """Refuse bodies over their limit: at once from Content-Length, else while streaming.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics) -> None:
+    Video uploads (``PUT /v1/videos/{id}/video``) may be up to ``max_video_bytes``; every other body up
+    to ``max_bytes``.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics, max_video_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_video_bytes = max_video_bytes if max_video_bytes is not None else max_bytes
         self.metrics = metrics
+
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        if scope["method"] == "PUT" and VIDEO_UPLOAD_PATH.match(scope["path"]):
+            return self.max_video_bytes, "TRDETR_MAX_VIDEO_BYTES"
+        return self.max_bytes, "TRDETR_MAX_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self._limit(scope)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             self.metrics.rejected.labels("payload_too_large").inc()
-            response = error_response(413, "payload_too_large", _too_large_message(self.max_bytes),
-                                      {"max_body_bytes": self.max_bytes})
+            response = error_response(413, "payload_too_large", _too_large_message(limit, setting),
+                                      {"max_body_bytes": limit, "setting": setting}, {"Connection": "close"})
             await response(scope, receive, send)
             return
         received = 0
@@ -41,8 +57,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, _too_large_message(self.max_bytes))  # counted by the handler
+                if received > limit:
+                    raise HTTPException(413, _too_large_message(limit, setting))  # counted by the handler
             return message
 
         await self.app(scope, limited_receive, send)

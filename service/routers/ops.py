@@ -36,6 +36,8 @@ async def readyz(runtime: RuntimeDep, response: Response) -> Health:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {}}}})
 async def metrics(runtime: RuntimeDep) -> Response:
+    if runtime.ingest is not None:
+        await runtime.ingest.refresh_depth(runtime.metrics.ingest)
     return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
 
 

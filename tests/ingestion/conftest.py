@@ -14,6 +14,7 @@ import redis
 from service.cache import EmbeddedRedis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))  # svc_helpers: serve(), npz_bytes()
 
 
 @pytest.fixture(scope="session")

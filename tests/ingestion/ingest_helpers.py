@@ -26,7 +26,7 @@ def write_video(path: Path, seconds: float, *, fps: int = 10, size: tuple[int, i
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if vfr:
-            stream.time_base = Fraction(1, 1000)
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
         if rotation is not None:
             stream.metadata["rotate"] = str(rotation)
         audio_stream = container.add_stream("aac", rate=16000) if audio else None
