@@ -167,7 +167,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port of trdetr-serve.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     graceful_shutdown_s: int = Field(
-        default=20, ge=0, description="Seconds uvicorn waits for in-flight requests on shutdown."
+        default=20, ge=0, description="Seconds uvicorn waits for in-flight requests on shutdown, and a stopping "
+        "ingestion worker lets its job run before giving it back to the queue."
     )
 
     @field_validator("api_keys", mode="before")
