@@ -33,6 +33,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+MAX_VIDEO_PIXELS = 8192 * 4320
+"""Largest frame accepted (8K): a few kilobytes of container can declare frames whose decoding alone
+would take gigabytes of memory per frame."""
 VIDEO_TYPES = ("video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "application/octet-stream")
 
 T = TypeVar("T")
@@ -141,6 +144,11 @@ class Ingest:
         limit_s = max_clips * self.clip_length_s
         if probe.duration_s is not None and probe.duration_s <= 0:
             raise InvalidInput("The video has no frames (zero length); send a video that plays.", code="empty_video")
+        if probe.width and probe.height and probe.width * probe.height > MAX_VIDEO_PIXELS:
+            raise InvalidInput(
+                f"The video's frames are {probe.width}x{probe.height}; at most {MAX_VIDEO_PIXELS} pixels (8K) are "
+                "accepted. Scale the video down (the encoders see 224x224 anyway).",
+                {"width": probe.width, "height": probe.height, "max_pixels": MAX_VIDEO_PIXELS}, code="video_too_large")
         if probe.duration_s is not None and probe.duration_s > limit_s:
             raise InvalidInput(
                 f"The video is {probe.duration_s:.1f} s long; at most {limit_s:g} s ({max_clips} clips of "

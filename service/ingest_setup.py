@@ -10,7 +10,7 @@ from ingestion.queue import JobQueue
 from ingestion.storage import storage_from_settings
 from ingestion.wiring import jobs_client, make_extractor, make_worker
 from service.dependencies import Runtime
-from service.ingest import InProcessWorker, Ingest
+from service.ingest import Ingest, InProcessWorker
 
 log = logging.getLogger(__name__)
 

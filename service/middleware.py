@@ -11,7 +11,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_response
 from service.metrics import Metrics
 
-
 VIDEO_UPLOAD_PATH = re.compile(r"^/v1/videos/[^/]+/video$")
 """``PUT`` here uploads a video file (streamed to disk, never held in memory): ``TRDETR_MAX_VIDEO_BYTES``."""
 

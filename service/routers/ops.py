@@ -58,5 +58,7 @@ async def model_info(runtime: ReadyRuntimeDep) -> ModelInfo:
         outputs=manifest.outputs,
         limits={"max_body_bytes": settings.max_body_bytes, "max_queries_per_request": settings.max_queries_per_request,
                 "max_video_clips": runtime.max_clips, "max_query_chars": settings.max_query_chars,
-                "max_batch_size": settings.max_batch_size, "request_timeout_s": settings.request_timeout_s},
+                "max_batch_size": settings.max_batch_size, "request_timeout_s": settings.request_timeout_s,
+                "max_video_bytes": settings.max_video_bytes,
+                "max_video_s": runtime.max_clips * pre.clip_length_s},
     )
