@@ -190,3 +190,19 @@ async def test_jobs_belong_to_the_key_that_created_them(settings_for, key_prefix
         record = await http.app.state.runtime.ingest.jobs.get(job_id)
         assert record.tenant == api_key_id("key-one") and "key-one" not in repr(record)
         assert error_of(await http.get("/v1/jobs/not-a-job-id", headers=one), 422)["code"] == "invalid_request"
+
+
+async def test_the_latest_upload_for_a_video_id_wins(client, tmp_path):
+    first = write_video(tmp_path / "first.mp4", 5.0, size=(96, 72))
+    second = write_video(tmp_path / "second.mp4", 2.0)
+    job_ids = []
+    for path in (first, second):
+        answer = await client.put("/v1/videos/twice/video", content=path.read_bytes(), headers=MP4)
+        assert answer.status_code == 202, answer.text
+        job_ids.append(answer.json()["job_id"])
+    early, late = [await wait_job(client, job_id) for job_id in job_ids]
+    assert late["status"] == "succeeded", late
+    # the earlier job either finished before the later upload arrived, or was superseded by it
+    assert early["status"] == "succeeded" or early["error"]["code"] == "superseded", early
+    stored = (await client.get("/v1/videos/twice")).json()
+    assert late["video"]["num_clips"] == stored["num_clips"] and early["video"] is None
