@@ -1,11 +1,11 @@
-"""Workers never import torch: the worker CLI, the worker loop and the extractor they load."""
+"""The worker process: it never imports torch, and refuses to start without a Redis it can share."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from ingest_helpers import DEFAULT_BUNDLE, REPO
+from ingest_helpers import BIN, DEFAULT_BUNDLE, REPO, clean_env
 
 
 def test_workers_never_import_torch():
@@ -21,3 +21,9 @@ def test_workers_never_import_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "no torch" in result.stdout
+
+
+def test_a_worker_without_a_shared_redis_says_what_to_set():
+    result = subprocess.run([str(BIN / "trdetr-worker")], env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr and "embedded" in result.stderr
