@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 import time
 from fractions import Fraction
@@ -27,8 +28,6 @@ def write_video(path: Path, seconds: float, *, fps: int = 10, size: tuple[int, i
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if vfr:
             stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
-        if rotation is not None:
-            stream.metadata["rotate"] = str(rotation)
         audio_stream = container.add_stream("aac", rate=16000) if audio else None
         t, index = 0.0, 0
         while t < seconds - 1e-9:
@@ -49,7 +48,24 @@ def write_video(path: Path, seconds: float, *, fps: int = 10, size: tuple[int, i
         container.mux(stream.encode())
         if audio_stream is not None:
             _write_tone(container, audio_stream, seconds)
+    if rotation is not None:
+        set_mp4_rotation(path, rotation)
     return path
+
+
+_ROTATIONS = {90: (0, 1, -1, 0), 180: (-1, 0, 0, -1), 270: (0, -1, 1, 0)}
+
+
+def set_mp4_rotation(path: Path, degrees: int) -> None:
+    """Make an MP4 a "phone video" shown rotated: write the track header's display matrix (ISO 14496-12
+    ``tkhd``), which is where FFmpeg reads the rotation from (FFmpeg's muxer drops a ``rotate`` tag)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    assert at > 0 and data[at + 4] == 0, "expected one version-0 tkhd box"
+    a, b, c, d = (v * 65536 for v in _ROTATIONS[degrees])
+    matrix = at + 4 + 40  # after version/flags, times, track id, duration, layer, group, volume
+    data[matrix:matrix + 36] = struct.pack(">9i", a, b, 0, c, d, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
 
 
 def write_audio_only(path: Path, seconds: float = 2.0) -> Path:
