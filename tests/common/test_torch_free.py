@@ -11,6 +11,8 @@ MODULES = [
     "trdetr_common.spans",
     "training.evaluation",
     "training.eval_cli",
+    "extraction",
+    "extraction.cli",
 ]
 
 
