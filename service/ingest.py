@@ -122,7 +122,9 @@ class Ingest:
             await asyncio.to_thread(self.storage.commit, job_id, spool)
         finally:
             await asyncio.to_thread(spool.unlink, missing_ok=True)
-        source = {**asdict(probe), "bytes": size, "content_type": request.headers.get("content-type")}
+        source = {"duration_s": probe.duration_s, "width": probe.width, "height": probe.height, "codec": probe.codec,
+                  "avg_fps": probe.avg_fps, "rotation_deg": probe.rotation_deg, "has_audio": probe.has_audio,
+                  "container": probe.container, "bytes": size, "content_type": request.headers.get("content-type")}
         try:
             job = await redis_call(self.jobs.create(job_id, video_id, tenant, source))
             await redis_call(self.queue.ensure_group())
@@ -140,16 +142,16 @@ class Ingest:
             probe = await asyncio.to_thread(probe_video, path)
         except ExtractionError as exc:
             status = 409 if exc.code == "encoder_missing" else 422
-            raise ServiceError(status, exc.code, exc.message, getattr(exc, "details", None)) from None
+            raise ServiceError(status, exc.code, exc.message, exc.details or None) from None
         limit_s = max_clips * self.clip_length_s
-        if probe.duration_s is not None and probe.duration_s <= 0:
+        if probe.duration_s <= 0:
             raise InvalidInput("The video has no frames (zero length); send a video that plays.", code="empty_video")
         if probe.width and probe.height and probe.width * probe.height > MAX_VIDEO_PIXELS:
             raise InvalidInput(
                 f"The video's frames are {probe.width}x{probe.height}; at most {MAX_VIDEO_PIXELS} pixels (8K) are "
                 "accepted. Scale the video down (the encoders see 224x224 anyway).",
                 {"width": probe.width, "height": probe.height, "max_pixels": MAX_VIDEO_PIXELS}, code="video_too_large")
-        if probe.duration_s is not None and probe.duration_s > limit_s:
+        if probe.duration_s > limit_s:
             raise InvalidInput(
                 f"The video is {probe.duration_s:.1f} s long; at most {limit_s:g} s ({max_clips} clips of "
                 f"{self.clip_length_s:g} s) are accepted. Cut the video into shorter parts.",

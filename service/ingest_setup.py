@@ -29,12 +29,10 @@ async def start_ingest(runtime: Runtime, cache_url: str) -> None:
         unavailable = None
     url = settings.jobs_redis_url or cache_url
     client = store.client if settings.jobs_redis_url is None else jobs_client(url, settings, blocking=False)
-    # The extractor tells which feature groups have no encoder (uploads then get a 409); the
-    # in-process worker keeps it, an API without one lets it go.
-    extractor = await asyncio.to_thread(make_extractor, settings)
-    missing = list(extractor.missing_groups)
-    if not settings.inprocess_worker:
-        extractor = None
+    missing = bundle.manifest.groups_without_encoder()  # uploads then get a 409 naming them
+    extractor = None
+    if settings.inprocess_worker and not missing and storage is not None:
+        extractor = await asyncio.to_thread(make_extractor, settings)
     prefix = settings.redis_key_prefix
     ingest = Ingest(settings=settings, jobs=JobStore(client, prefix=prefix, ttl_s=settings.job_ttl_s),
                     queue=JobQueue(client, prefix=prefix, claim_idle_s=settings.job_claim_idle_s),

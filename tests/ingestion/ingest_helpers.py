@@ -68,6 +68,15 @@ def set_mp4_rotation(path: Path, degrees: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def write_unknown_codec(path: Path) -> Path:
+    """An AVI whose video stream has a codec tag no FFmpeg decoder knows (``QZQZ`` instead of ``FMP4``)."""
+    write_video(path.with_suffix(".tmp.avi"), 1.0)
+    source = path.with_suffix(".tmp.avi")
+    path.write_bytes(source.read_bytes().replace(b"FMP4", b"QZQZ"))
+    source.unlink()
+    return path
+
+
 def write_audio_only(path: Path, seconds: float = 2.0) -> Path:
     """A real media file with an audio stream and no video stream."""
     with av.open(str(path), "w") as container:

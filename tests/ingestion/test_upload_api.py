@@ -7,15 +7,15 @@ timeout) so every refusal is quick to provoke.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 import httpx
 import numpy as np
 import pytest
-from ingest_helpers import DEFAULT_BUNDLE, write_audio_only, write_video
+from ingest_helpers import BIN, DEFAULT_BUNDLE, write_audio_only, write_unknown_codec, write_video
 from svc_helpers import npz_bytes, serve
 
-from extraction import Extractor, npz_bytes as extracted_npz
 from service.auth import api_key_id
 from service.settings import Settings
 from service.uploads import parse_video
@@ -92,9 +92,11 @@ async def test_a_video_upload_becomes_searchable_features_equal_to_the_extractor
     stored = (await client.get("/v1/videos/uploaded")).json()
     assert {k: v for k, v in job["video"].items() if k not in ("ttl_s", "expires_at")} == \
         {k: v for k, v in stored.items() if k not in ("ttl_s", "expires_at")}
-    # the stored features are exactly what a features upload of the extractor's .npz stores
-    expected = Extractor(DEFAULT_BUNDLE, device="cpu", intra_op_threads=1).extract(video)
-    parsed = parse_video(extracted_npz(expected), "npz", pre, max_clips=MAX_CLIPS, max_unpacked_bytes=1 << 26)
+    # the stored features are exactly what a features upload of trdetr-extract's .npz stores
+    out = tmp_path / "extracted"
+    subprocess.run([str(BIN / "trdetr-extract"), str(video), "--bundle", str(DEFAULT_BUNDLE), "--out", str(out),
+                    "--device", "cpu", "--threads", "1", "--quiet"], check=True, capture_output=True, timeout=120)
+    parsed = parse_video((out / "clip.npz").read_bytes(), "npz", pre, max_clips=MAX_CLIPS, max_unpacked_bytes=1 << 26)
     assert stored_features(client, "uploaded") == parsed.features.astype("<f2").tobytes()
     moments = await client.post("/v1/moments", json={"video_id": "uploaded", "queries": ["a red square"], "top_k": 2})
     assert moments.status_code == 200, moments.text
@@ -142,6 +144,9 @@ async def test_bad_uploads_get_a_4xx_and_leave_the_stored_video_intact(client, p
         ("not a video", dict(content=b"this is not a video at all" * 100, headers=MP4), 422, "not_a_video"),
         ("audio only", dict(content=write_audio_only(tmp_path / "a.m4a").read_bytes(), headers=MP4), 422,
          "no_video_stream"),
+        ("unknown codec", dict(content=write_unknown_codec(tmp_path / "u.avi").read_bytes(),
+                               headers={"content-type": "application/octet-stream"}), 422, "unsupported_codec"),
+        ("truncated mp4 (its index is gone)", dict(content=good[: len(good) // 3], headers=MP4), 422, "corrupt_video"),
         ("too long", dict(content=write_video(tmp_path / "long.mp4", 2.0 * MAX_CLIPS + 2).read_bytes(),
                           headers=MP4), 422, "video_too_long"),
         ("too big", dict(content=too_big, headers=MP4), 413, "payload_too_large"),
@@ -155,25 +160,25 @@ async def test_bad_uploads_get_a_4xx_and_leave_the_stored_video_intact(client, p
     assert (await client.get("/v1/videos/keep")).json()["num_clips"] == before["num_clips"]
     assert stored_features(client, "keep") == before_features
     settings = client.app.state.runtime.settings
-    assert not any(settings.ingest_dir.rglob("*")) or not [p for p in settings.ingest_dir.rglob("*") if p.is_file()]
+    assert [p for p in settings.ingest_dir.rglob("*") if p.is_file()] == [], "refused uploads leave no file behind"
 
 
-async def test_a_truncated_file_is_refused_or_fails_its_job_and_the_video_stays(client, pre, tmp_path):
+async def test_a_truncated_file_that_passes_the_probe_fails_its_job_and_the_video_stays(client, pre, tmp_path):
+    """An mkv cut short still declares its full duration up front: the job finds out while decoding."""
     features = {g.name: np.random.default_rng(3).standard_normal((2, g.dim)).astype(np.float32)
                 for g in pre.video_groups}
     assert (await client.put("/v1/videos/trunc/features", content=npz_bytes(**features), headers=NPZ)).status_code == 200
     before = stored_features(client, "trunc")
-    data = write_video(tmp_path / "t.mkv", 3.0).read_bytes()
+    data = write_video(tmp_path / "t.mkv", 5.0).read_bytes()
     answer = await client.put("/v1/videos/trunc/video", content=data[: len(data) // 3],
                               headers={"content-type": "video/x-matroska"})
-    if answer.status_code == 202:
-        job = await wait_job(client, answer.json()["job_id"])
-        if job["status"] == "failed":
-            assert job["error"]["code"] and job["error"]["message"]
-            assert stored_features(client, "trunc") == before
-    else:
-        assert 400 <= answer.status_code < 500 and answer.json()["error"]["code"]
-        assert stored_features(client, "trunc") == before
+    assert answer.status_code == 202, answer.text
+    job = await wait_job(client, answer.json()["job_id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "corrupt_video", job
+    assert "truncated" in job["error"]["message"] and job["video"] is None
+    assert stored_features(client, "trunc") == before, "a failed job never touches the stored video"
+    settings = client.app.state.runtime.settings
+    assert not any((settings.ingest_dir / "uploads").iterdir()), "the upload is deleted once its job failed"
 
 
 async def test_jobs_belong_to_the_key_that_created_them(settings_for, key_prefix, tmp_path):

@@ -113,7 +113,7 @@ def final(api: httpx.Client, job_id: str, timeout_s: float = 120) -> dict:
 
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_succeeds_once(api, stack_env, tmp_path):
-    video = write_video(tmp_path / "long.mp4", 30.0, size=(96, 72))
+    video = write_video(tmp_path / "long.mp4", 12.0, size=(96, 72))
     with workers(stack_env, 2) as procs:
         job_id = upload(api, "killed", video)
         running = wait_for(lambda: (r := record(stack_env, job_id)).status == "running" and r.owner and r, 60,
@@ -152,7 +152,7 @@ def test_a_job_that_keeps_failing_ends_failed_with_its_reason(api, stack_env, tm
 
 
 def test_a_stopping_worker_gives_its_job_back_without_using_a_try(api, stack_env, tmp_path):
-    video = write_video(tmp_path / "mid.mp4", 30.0, size=(96, 72))
+    video = write_video(tmp_path / "mid.mp4", 12.0, size=(96, 72))
     with workers(stack_env, 1, TRDETR_GRACEFUL_SHUTDOWN_S="0") as (first,):
         job_id = upload(api, "handed-over", video)
         wait_for(lambda: record(stack_env, job_id).status == "running", 60, "the worker to start the job", 0.05)
