@@ -21,6 +21,7 @@ from ingestion.storage import storage_from_settings
 from ingestion.wiring import jobs_client, make_extractor, make_worker
 from service.cache import FeatureStore, layout_version
 from service.metrics import Metrics
+from service.quota import Quota
 from service.settings import Settings
 from trdetr_common.manifest import Manifest
 
@@ -59,10 +60,12 @@ async def _run(settings: Settings, metrics_port: int) -> int:
         server, _thread = start_http_server(metrics_port, addr=settings.host, registry=metrics.registry)
     cache_url = settings.redis_url or settings.jobs_redis_url
     assert cache_url is not None
+    # the API's feature store, with the same per-key quotas
     store = FeatureStore.from_url(
         cache_url, timeout_s=settings.redis_timeout_s, max_connections=settings.redis_max_connections,
-        prefix=settings.redis_key_prefix, layout=layout_version(pre), ttl_s=settings.feature_ttl_s, metrics=metrics,
-        model_input=_write_only, local_videos=0,
+        pool_timeout_s=settings.request_timeout_s, prefix=settings.redis_key_prefix, layout=layout_version(pre),
+        ttl_s=settings.feature_ttl_s, metrics=metrics, model_input=_write_only, local_videos=0,
+        quota=Quota(settings.quota_max_videos, settings.quota_max_bytes),
     )
     client = jobs_client(settings.jobs_redis_url or cache_url, settings, blocking=True)
     storage = await asyncio.to_thread(storage_from_settings, settings)

@@ -10,14 +10,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.cache import EmbeddedRedis, FeatureStore, layout_version
+from service.cache import FeatureStore, layout_version
+from service.concurrency import WorkerPools
+from service.deadline import DeadlineMiddleware
 from service.dependencies import Runtime
+from service.docs import install_docs
+from service.embedded_redis import EmbeddedRedis
 from service.errors import install_error_handlers
 from service.inference.batcher import DynamicBatcher
 from service.inference.bundle import ModelBundle
 from service.ingest_setup import start_ingest, stop_ingest
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import VIDEO_UPLOAD_PATH, BodyLimitMiddleware, MetricsMiddleware
+from service.quota import Quota
 from service.routers import ingest, ops, search, videos
 from service.settings import Settings, get_settings
 
@@ -32,22 +37,33 @@ any number of queries (`POST /v1/moments`, `POST /v1/highlights`). Every error h
 """
 
 
-async def _start(runtime: Runtime) -> None:
-    """Load the bundle, connect the feature cache, warm up, start the batcher; then mark ready."""
-    settings = runtime.settings
-    url = settings.redis_url
-    if url is None:
-        runtime.embedded_redis = EmbeddedRedis(settings.embedded_redis_dir)
-        url = await asyncio.to_thread(runtime.embedded_redis.start)
-    bundle = await asyncio.to_thread(
-        ModelBundle, settings.bundle_dir, precision=settings.precision, device=settings.device,
+def load_bundle(settings: Settings) -> ModelBundle:
+    """The configured bundle on the configured device (``BundleError`` / ``ProviderError`` when it cannot be)."""
+    return ModelBundle(
+        settings.bundle_dir, precision=settings.precision, device=settings.device,
         intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
     )
-    runtime.bundle = bundle
+
+
+async def _start(runtime: Runtime) -> None:
+    """Load the bundle (unless ``trdetr-serve`` already did), connect the feature cache, warm up, start
+    the batcher; then mark ready."""
+    settings = runtime.settings
+    runtime.workers = WorkerPools(settings.decode_concurrency)
+    if runtime.bundle is None:
+        runtime.bundle = await asyncio.to_thread(load_bundle, settings)
+    bundle = runtime.bundle
+    url = settings.redis_url
+    if url is None:
+        # started from the event loop's thread: the server is told to exit when that thread does
+        runtime.embedded_redis = EmbeddedRedis(settings.embedded_redis_dir)
+        url = runtime.embedded_redis.start()
     runtime.store = FeatureStore.from_url(
         url, timeout_s=settings.redis_timeout_s, max_connections=settings.redis_max_connections,
+        pool_timeout_s=settings.request_timeout_s,
         prefix=settings.redis_key_prefix, layout=layout_version(bundle.pre), ttl_s=settings.feature_ttl_s,
         metrics=runtime.metrics, model_input=bundle.video_input, local_videos=settings.local_cache_videos,
+        quota=Quota(settings.quota_max_videos, settings.quota_max_bytes),
     )
     if not await runtime.store.ping():
         log.warning("feature cache at %s is unreachable; stored-video requests get 503 until it is back", url)
@@ -75,6 +91,7 @@ async def _stop(runtime: Runtime) -> None:
         await runtime.store.close()
     if runtime.embedded_redis is not None:
         await asyncio.to_thread(runtime.embedded_redis.stop)
+        runtime.embedded_redis = None
 
 
 @asynccontextmanager
@@ -87,8 +104,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _stop(runtime)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app with its own settings, metrics registry and (at start-up) model and Redis client."""
+def create_app(settings: Settings | None = None, bundle: ModelBundle | None = None) -> FastAPI:
+    """A new app with its own settings, metrics registry and (at start-up) model and Redis client.
+
+    ``bundle``: an already loaded bundle (``trdetr-serve`` loads it before starting uvicorn, so a
+    broken one is reported in one line); None: the lifespan loads ``settings.bundle_dir``.
+    """
     settings = settings or get_settings()
     metrics = Metrics()
     app = FastAPI(
@@ -96,12 +117,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,  # served by service.docs: offline, guarded
     )
-    app.state.runtime = Runtime(settings=settings, metrics=metrics)
+    app.state.runtime = Runtime(settings=settings, metrics=metrics, bundle=bundle)
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics,
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_body_bytes,
+                       max_json_bytes=settings.max_json_body_bytes, metrics=metrics,
                        max_video_bytes=settings.max_video_bytes)
+    app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s, metrics=metrics,
+                       exempt_put=VIDEO_UPLOAD_PATH)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for router in (videos.router, ingest.router, search.router, ops.router):
         app.include_router(router)
+    install_docs(app, settings)
     return app

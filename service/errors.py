@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class ServiceError(Exception):
         status: int,
         code: str,
         message: str,
-        details: Any = None,
+        details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -52,15 +53,22 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
+class InvalidRequest(ServiceError):
+    """422 ``invalid_request``: the request itself is malformed (not JSON, wrong content type, ...)."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(422, "invalid_request", message, details)
+
+
 class InvalidInput(ServiceError):
     """422: the request is well-formed JSON/bytes but its content cannot be used."""
 
-    def __init__(self, message: str, details: Any = None, code: str = "invalid_input") -> None:
+    def __init__(self, message: str, details: dict[str, Any] | None = None, code: str = "invalid_input") -> None:
         super().__init__(422, code, message, details)
 
 
 class NotFound(ServiceError):
-    def __init__(self, message: str, details: Any = None) -> None:
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(404, "not_found", message, details)
 
 
@@ -78,13 +86,13 @@ class CacheUnavailable(ServiceError):
         )
 
 
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    """The JSON body of every error response."""
-    return {"error": {"code": code, "message": message, "details": details}}
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of every error response; ``details`` is always an object (``{}`` when there are none)."""
+    return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
@@ -114,7 +122,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     summary = "; ".join(f"{p['location']}: {p['problem']}" for p in problems[:5])
-    return error_response(422, "invalid_request", f"The request is invalid: {summary}", problems)
+    return error_response(422, "invalid_request", f"The request is invalid: {summary}", {"problems": problems})
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on this request's path (for the ``Allow`` header).
+
+    Starlette's own 405 names only the methods of the first route matching the path, so ``GET`` and
+    ``DELETE`` of ``/v1/videos/{id}`` (two routes) were never listed together.
+    """
+    routes = request.app.router.routes
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -124,11 +146,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 413:
         _count_rejection(request, code)
     message = str(exc.detail)
+    headers = dict(exc.headers or {})
     if status == 404:
         message = f"No route {request.url.path}: see /docs for the endpoints."
     elif status == 405:
-        message = f"Method {request.method} is not allowed on {request.url.path}: see /docs."
-    return error_response(status, code, message, None, dict(exc.headers or {}))
+        methods = allowed_methods(request)
+        headers["Allow"] = ", ".join([*methods, "OPTIONS"])
+        if request.method == "OPTIONS":  # what this path supports: every method of every route on it
+            return Response(status_code=204, headers=headers)
+        message = f"Method {request.method} is not allowed on {request.url.path}; it allows {', '.join(methods)}."
+    return error_response(status, code, message, None, headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
+from fastapi import Request
 
+from service.cache import TenantStore
 from service.dependencies import Runtime
 from service.errors import InvalidInput
 from service.schemas import QueryIn, SearchRequest
@@ -29,15 +31,31 @@ class SearchInputs:
         return int(self.video.shape[0])
 
 
+def check_query_count(count: int, max_queries: int) -> None:
+    """422 ``too_many_queries`` beyond ``max_queries`` (``TRDETR_MAX_QUERIES_PER_REQUEST``)."""
+    if count > max_queries:
+        raise InvalidInput(
+            f"{count} queries in one request; at most {max_queries} are allowed. Split them over several requests.",
+            {"queries": count, "max_queries": max_queries}, code="too_many_queries",
+        )
+
+
+def precheck_search_body(data: Any, request: Request) -> None:
+    """Before pydantic builds any object: refuse a ``queries`` list longer than the limit."""
+    if isinstance(data, dict) and isinstance(queries := data.get("queries"), list):
+        check_query_count(len(queries), request.app.state.runtime.settings.max_queries_per_request)
+
+
+def search_body_max_values(request: Request) -> int:
+    """Most JSON values a search body may hold: every query's text could be all commas, plus the fields."""
+    settings = request.app.state.runtime.settings
+    return settings.max_queries_per_request * (settings.max_query_chars + 8) + 256
+
+
 def check_query_limits(runtime: Runtime, queries: list[QueryIn]) -> None:
     """422 for too many queries, over-long texts, or text queries without a text encoder."""
     settings = runtime.settings
-    if len(queries) > settings.max_queries_per_request:
-        raise InvalidInput(
-            f"{len(queries)} queries in one request; at most {settings.max_queries_per_request} are allowed. "
-            "Split them over several requests.",
-            {"queries": len(queries), "max_queries": settings.max_queries_per_request}, code="too_many_queries",
-        )
+    check_query_count(len(queries), settings.max_queries_per_request)
     for index, query in enumerate(queries):
         if query.text is not None and len(query.text) > settings.max_query_chars:
             raise InvalidInput(
@@ -72,7 +90,7 @@ async def _encode_queries(runtime: Runtime, queries: list[QueryIn]) -> list[np.n
     if text_rows:
         assert runtime.bundle is not None and runtime.bundle.text_encoder is not None
         texts = [queries[i].text or "" for i in text_rows]
-        encoded = await run_in_threadpool(runtime.bundle.text_encoder.encode, texts)
+        encoded = await runtime.workers.encode_text(runtime.bundle.text_encoder.encode, texts)
         for row, array in zip(text_rows, encoded, strict=True):
             features[row] = array
     return [array for array in features if array is not None]
@@ -86,17 +104,16 @@ def _inline_video_input(runtime: Runtime, data: bytes, fmt: str) -> np.ndarray:
     return runtime.bundle.video_input(parsed.features)
 
 
-async def _load_video(runtime: Runtime, request: SearchRequest) -> np.ndarray:
-    """The model's video input: stored features (Redis / the local LRU), or the inline file."""
+async def _load_video(runtime: Runtime, request: SearchRequest, store: TenantStore) -> np.ndarray:
+    """The model's video input: the tenant's stored features (Redis / the local LRU), or the inline file."""
     if request.video_id is not None:
-        assert runtime.store is not None
-        return await runtime.store.video_input(request.video_id)
+        return await store.video_input(request.video_id)
     assert request.video is not None
     body = decode_base64(request.video.data_b64, "video.data_b64")
-    return await run_in_threadpool(_inline_video_input, runtime, body, request.video.format)
+    return await runtime.workers.decode_file(_inline_video_input, runtime, body, request.video.format)
 
 
-async def resolve_inputs(runtime: Runtime, request: SearchRequest) -> SearchInputs:
+async def resolve_inputs(runtime: Runtime, request: SearchRequest, store: TenantStore) -> SearchInputs:
     """Validate limits, then fetch the video while the queries are decoded/encoded (422/404/503 on problems).
 
     The video's task goes first, so its Redis request is on the wire while the query features are
@@ -104,5 +121,5 @@ async def resolve_inputs(runtime: Runtime, request: SearchRequest) -> SearchInpu
     """
     queries = request.query_objects()
     check_query_limits(runtime, queries)
-    video, texts = await asyncio.gather(_load_video(runtime, request), _encode_queries(runtime, queries))
+    video, texts = await asyncio.gather(_load_video(runtime, request, store), _encode_queries(runtime, queries))
     return SearchInputs(request.video_id, video, texts, [q.text for q in queries])

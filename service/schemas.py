@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,9 +24,10 @@ class InlineVideo(_In):
 class QueryIn(_In):
     """One query: a text (needs a bundle with a text encoder) or precomputed token features."""
 
-    text: str | None = Field(default=None, description="Natural-language query.")
+    text: str | None = Field(default=None, min_length=1, description="Natural-language query.")
     features_b64: str | None = Field(
         default=None,
+        min_length=1,
         description="base64 of a .npy (tokens, text_dim) float16/float32 array of token features "
         "(e.g. CLIP text last_hidden_state of the real tokens); normalised by the service.",
     )
@@ -50,7 +51,7 @@ class SearchRequest(_In):
 
     video_id: str | None = Field(default=None, pattern=VIDEO_ID_PATTERN, description="A stored video.")
     video: InlineVideo | None = Field(default=None, description="Inline features instead of video_id.")
-    queries: list[str | QueryIn] = Field(
+    queries: list[Annotated[str, Field(min_length=1)] | QueryIn] = Field(
         min_length=1, description="Query texts (plain strings) and/or query objects."
     )
     top_k: int = Field(default=5, ge=1, le=100, description="How many moments / highlight clips to return.")
@@ -193,7 +194,7 @@ class HighlightsResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    bundle_dir: str
+    bundle: str = Field(description="Name of the bundle's directory (server paths are never shown).")
     format_version: int
     created_at: str
     untrained: bool = Field(description="True for demo bundles with random weights: answers are meaningless.")
@@ -217,7 +218,9 @@ class ModelInfo(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable error code (see service/README.md).")
     message: str = Field(description="What went wrong and what to fix.")
-    details: Any = Field(default=None, description="Structured context (limits, offending field, ...).")
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="Structured context (limits, offending field, ...); always an object."
+    )
 
 
 class ErrorResponse(BaseModel):

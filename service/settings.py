@@ -52,7 +52,11 @@ class Settings(BaseSettings):
         default=256, ge=1, description="Pending inference requests before new ones get 429."
     )
     request_timeout_s: float = Field(
-        default=10.0, gt=0, description="Per-request deadline for inference; exceeded -> 504."
+        default=10.0,
+        gt=0,
+        description="Deadline of a whole request: receiving the body, Redis, decoding, text encoding, queueing "
+        "and inference. A body not received in time -> 408 (connection closed), anything else -> 504; "
+        "work that would wait longer than this for inference is refused up front (429).",
     )
 
     # --- feature cache (Redis) ---------------------------------------------------------------
@@ -65,12 +69,26 @@ class Settings(BaseSettings):
         default=None, description="Data directory of the embedded Redis (unset -> a temporary directory)."
     )
     redis_timeout_s: float = Field(default=0.5, gt=0, description="Socket/connect timeout for Redis calls.")
-    redis_max_connections: int = Field(default=32, ge=1, description="Redis connection pool size.")
+    redis_max_connections: int = Field(
+        default=32, ge=1,
+        description="Redis connection pool size; calls beyond it wait for a free connection (within the deadline).",
+    )
     feature_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Expiry of stored video features.")
     redis_key_prefix: str = Field(
         default="trdetr",
         min_length=1,
-        description="Namespace of this service's Redis keys (several deployments may share one server).",
+        pattern=r"^[^{}]+$",
+        description="Namespace of this service's Redis keys (several deployments may share one server); "
+        "no braces (they would change Redis Cluster hash slots).",
+    )
+    quota_max_videos: int = Field(
+        default=0, ge=0,
+        description="Most videos one API key (tenant) may store; 0 = no limit. Over it -> 403 quota_exceeded.",
+    )
+    quota_max_bytes: int = Field(
+        default=0, ge=0,
+        description="Most bytes of stored features one API key (tenant) may hold; 0 = no limit. Over it -> 403 "
+        "quota_exceeded.",
     )
     local_cache_videos: int = Field(
         default=32,
@@ -81,7 +99,20 @@ class Settings(BaseSettings):
     )
 
     # --- limits and auth ---------------------------------------------------------------------
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Largest request body (413).")
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest feature upload body, PUT /v1/videos/... (413)."
+    )
+    max_json_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of every other request, e.g. JSON searches (413). The default fits 16 queries "
+        "of 32 float32 token features plus a 75-clip float32 inline video, base64-encoded.",
+    )
+    decode_concurrency: int = Field(
+        default=2, ge=1,
+        description="Feature files (uploads, inline videos) decoded at once; more wait their turn within the "
+        "deadline, so uploads cannot starve searches.",
+    )
     max_queries_per_request: int = Field(default=16, ge=1, description="Most queries in one request.")
     max_video_clips: int | None = Field(
         default=None, ge=1, description="Longest accepted video in clips (unset -> the model's trained length)."
@@ -89,7 +120,12 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(default=1000, ge=1, description="Longest accepted query text.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated API keys; when set, requests need header X-API-Key (401/403).",
+        description="Comma-separated API keys; when set, requests need header X-API-Key (401/403) and each key "
+        "is a tenant with its own videos and quota.",
+    )
+    public_docs: bool = Field(
+        default=False,
+        description="With API keys set, serve /docs, /redoc and /openapi.json without a key too.",
     )
 
     # --- video ingestion (PUT /v1/videos/{id}/video, jobs, workers) ----------------------------

@@ -7,8 +7,13 @@ Video uploads come in the bundle's *video layout without TEF*:
 - ``.npz``: one ``(T_g, d_g)`` array per group, named as the manifest's groups (e.g. ``slowfast``,
   ``clip``); groups of different lengths are cut to the shortest, as the official dataset does.
 
-fp16 and fp32 are accepted. Files are loaded with ``allow_pickle=False``; anything unreadable is
-a 422 that says what was wrong, never a 500.
+fp16, fp32 and fp64 (numpy's default, converted to fp32) are accepted. Files are loaded with
+``allow_pickle=False``; anything unreadable is a 422 that says what was wrong, never a 500.
+
+A ``.npz`` is a zip, and a small deflated member can inflate to gigabytes. So every member's ``.npy``
+header (shape, dtype, order: its first bytes) is read and checked first -- names, widths, dtypes and
+the clip limit -- and only then are the rows the video needs inflated: at most ``T x D`` values, never
+what a member merely declares.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from trdetr_common.manifest import PreprocessingContract
 
 NPY_TYPES = ("application/x-npy", "application/npy")
 NPZ_TYPES = ("application/x-npz", "application/npz", "application/zip")
-ACCEPTED_DTYPES = (np.dtype("float16"), np.dtype("float32"))
+ACCEPTED_FLOAT_SIZES = (2, 4, 8)  # float16, float32, float64 (converted to float32), either byte order
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -58,6 +64,10 @@ def file_format(content_type: str | None, body: bytes) -> str:
             return "npy"
         if body.startswith(_ZIP_MAGIC):
             return "npz"
+        raise InvalidInput(
+            "The application/octet-stream body is neither a .npy file (magic \\x93NUMPY) nor a .npz (zip) file.",
+            code="corrupt_file",
+        )
     raise ServiceError(
         415, "unsupported_media_type",
         f"Content-Type '{mime or '<none>'}' is not a feature file. Send the raw bytes of a .npy file as "
@@ -74,31 +84,45 @@ def decode_base64(data: str, what: str) -> bytes:
         raise InvalidInput(f"{what} is not valid base64: {exc}") from None
 
 
-def _check_npy_header(stream: IO[bytes], available: int, what: str) -> None:
-    """Refuse a .npy whose header declares more data than the file holds, before numpy allocates it.
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a ``.npy`` header declares: shape, dtype and memory order."""
 
-    ``available``: bytes of the whole .npy (header included). Raises 422 ``corrupt_file``.
-    """
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
+
+
+def _read_npy_header(stream: IO[bytes], what: str) -> NpyHeader:
+    """Read (only) the header of a ``.npy`` stream; 422 ``corrupt_file`` when it is not one."""
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f".npy format version {version} is not supported; save with numpy.save")
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as exc:
         raise InvalidInput(f"{what} is not a readable .npy file ({exc}).", code="corrupt_file") from None
-    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if declared > available:
+    return NpyHeader(tuple(shape), bool(fortran), dtype)
+
+
+def _check_declared_size(header: NpyHeader, available: int, what: str) -> None:
+    """Refuse a header that declares more data than the file holds, before numpy allocates it."""
+    if header.nbytes > available:
         raise InvalidInput(
-            f"{what} declares shape {list(shape)} ({declared} bytes of data) but holds only {available} bytes.",
-            code="corrupt_file",
+            f"{what} declares shape {list(header.shape)} ({header.nbytes} bytes of data) but holds only "
+            f"{available} bytes.", code="corrupt_file",
         )
 
 
 def _load_npy(body: bytes, what: str) -> np.ndarray:
-    _check_npy_header(io.BytesIO(body), len(body), what)
+    _check_declared_size(_read_npy_header(io.BytesIO(body), what), len(body), what)
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -108,43 +132,44 @@ def _load_npy(body: bytes, what: str) -> np.ndarray:
     return array
 
 
-def _load_npz(body: bytes, max_unpacked_bytes: int) -> dict[str, np.ndarray]:
-    try:
-        with zipfile.ZipFile(io.BytesIO(body)) as archive:
-            members = archive.infolist()
-            unpacked = sum(info.file_size for info in members)
-            if unpacked > max_unpacked_bytes:
-                raise InvalidInput(
-                    f"The .npz unpacks to {unpacked} bytes, more than the {max_unpacked_bytes} allowed.",
-                    code="corrupt_file",
-                )
-            for info in members:
-                with archive.open(info) as member:
-                    _check_npy_header(member, info.file_size, f"The .npz member '{info.filename}'")
-        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError) as exc:
-        raise InvalidInput(f"The body is not a readable .npz file ({exc}).", code="corrupt_file") from None
+def _check_dtype(dtype: np.dtype, name: str) -> None:
+    if dtype.kind != "f" or dtype.itemsize not in ACCEPTED_FLOAT_SIZES:
+        raise InvalidInput(f"'{name}' has dtype {dtype}; send float16, float32 or float64.", code="bad_dtype")
+
+
+def _check_layout(shape: tuple[int, ...], name: str, dim: int, row: str = "clip") -> None:
+    """``shape`` must be ``(rows >= 1, dim)``; ``row`` names a row in messages."""
+    if len(shape) != 2:
+        raise InvalidInput(f"'{name}' must be 2-D ({row}s, {dim}), got shape {list(shape)}.", code="bad_shape")
+    if shape[1] != dim:
+        raise InvalidInput(
+            f"'{name}' has {shape[1]} features per {row}; the model expects {dim}.",
+            {"expected_dim": dim, "got_dim": int(shape[1])}, code="bad_shape",
+        )
+    if shape[0] < 1:
+        raise InvalidInput(f"'{name}' has no {row}s; send at least one.", code="bad_shape")
 
 
 def _check_array(array: np.ndarray, name: str, dim: int, row: str = "clip") -> None:
-    """2-D ``(rows, dim)``, fp16/fp32, at least one row, finite; ``row`` names a row in messages."""
-    if array.dtype not in ACCEPTED_DTYPES:
-        raise InvalidInput(f"'{name}' has dtype {array.dtype}; send float16 or float32.", code="bad_dtype")
-    if array.ndim != 2:
-        raise InvalidInput(f"'{name}' must be 2-D ({row}s, {dim}), got shape {list(array.shape)}.", code="bad_shape")
-    if array.shape[1] != dim:
+    """2-D ``(rows, dim)``, fp16/fp32/fp64, at least one row, finite and within float32's range."""
+    _check_dtype(array.dtype, name)
+    _check_layout(array.shape, name, dim, row)
+    bad_rows = ~np.isfinite(array).all(axis=1)
+    problem = "NaN or infinite values"
+    if not bad_rows.any() and array.dtype.itemsize > 4:
+        bad_rows = (np.abs(array) > _FLOAT32_MAX).any(axis=1)
+        problem = f"values beyond float32's range (|x| > {_FLOAT32_MAX:.4g})"
+    if bad_rows.any():
+        first = int(np.nonzero(bad_rows)[0][0])
+        raise InvalidInput(f"'{name}' contains {problem} (first in {row} {first}).", {row: first}, code="non_finite")
+
+
+def _check_clip_count(num_clips: int, max_clips: int, pre: PreprocessingContract) -> None:
+    if num_clips > max_clips:
         raise InvalidInput(
-            f"'{name}' has {array.shape[1]} features per {row}; the model expects {dim}.",
-            {"expected_dim": dim, "got_dim": int(array.shape[1])}, code="bad_shape",
-        )
-    if array.shape[0] < 1:
-        raise InvalidInput(f"'{name}' has no {row}s; send at least one.", code="bad_shape")
-    if not np.isfinite(array).all():
-        first = int(np.nonzero(~np.isfinite(array).all(axis=1))[0][0])
-        raise InvalidInput(
-            f"'{name}' contains NaN or infinite values (first in {row} {first}).", {row: first},
-            code="non_finite",
+            f"The video has {num_clips} clips; at most {max_clips} are accepted (the model was trained on "
+            f"videos of up to {pre.max_video_clips} clips of {pre.clip_length_s:g} s). Split the video.",
+            {"num_clips": num_clips, "max_clips": max_clips}, code="video_too_long",
         )
 
 
@@ -161,18 +186,82 @@ def _groups_from_npy(array: np.ndarray, pre: PreprocessingContract) -> dict[str,
     return {g.name: array[:, bounds[i]:bounds[i + 1]] for i, g in enumerate(pre.video_groups)}
 
 
-def _groups_from_npz(arrays: dict[str, np.ndarray], pre: PreprocessingContract) -> dict[str, np.ndarray]:
+def _npz_members(archive: zipfile.ZipFile, pre: PreprocessingContract) -> dict[str, zipfile.ZipInfo]:
+    """The archive's member of each manifest group (``name`` or ``name.npy``), by the zip's directory."""
     expected = [g.name for g in pre.video_groups]
-    missing = [name for name in expected if name not in arrays]
-    extra = sorted(set(arrays) - set(expected))
-    if missing or extra:
+    found: dict[str, zipfile.ZipInfo] = {}
+    duplicates = []
+    for info in archive.infolist():
+        name = info.filename.removesuffix(".npy")
+        if name in found:
+            duplicates.append(name)
+        found[name] = info
+    missing = [name for name in expected if name not in found]
+    extra = sorted(set(found) - set(expected))
+    if missing or extra or duplicates:
         raise InvalidInput(
-            f"The .npz must hold exactly the arrays {expected}; missing {missing}, unexpected {extra}.",
-            {"expected": expected, "missing": missing, "unexpected": extra}, code="bad_groups",
+            f"The .npz must hold exactly the arrays {expected}; missing {missing}, unexpected {extra}"
+            + (f", duplicated {sorted(set(duplicates))}." if duplicates else "."),
+            {"expected": expected, "missing": missing, "unexpected": extra, "duplicated": sorted(set(duplicates))},
+            code="bad_groups",
         )
+    return {name: found[name] for name in expected}
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, rows: int, max_bytes: int,
+                 what: str) -> np.ndarray:
+    """Inflate only the first ``rows`` rows of a C-order member (a Fortran-order one whole, if it fits)."""
+    with archive.open(info) as member:
+        header = _read_npy_header(member, what)
+        columns = header.shape[1]
+        if header.fortran_order and header.nbytes > max_bytes:
+            raise InvalidInput(
+                f"{what} is stored in Fortran order and declares {header.nbytes} bytes, more than the "
+                f"{max_bytes} allowed; save a C-contiguous array (numpy.ascontiguousarray).", code="corrupt_file",
+            )
+        count = header.shape[0] * columns if header.fortran_order else rows * columns
+        wanted = count * header.dtype.itemsize
+        data = member.read(wanted)
+    if len(data) != wanted:
+        raise InvalidInput(
+            f"{what} declares shape {list(header.shape)} but holds fewer bytes of data.", code="corrupt_file"
+        )
+    array = np.frombuffer(data, dtype=header.dtype, count=count)
+    if header.fortran_order:
+        return array.reshape(columns, header.shape[0]).T[:rows]
+    return array.reshape(rows, columns)
+
+
+def _groups_from_npz(body: bytes, pre: PreprocessingContract, max_clips: int,
+                     max_unpacked_bytes: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Each group's first T rows (T = the shortest group) and every group's declared length.
+
+    Everything is checked from the members' headers before a single data byte is inflated.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            members = _npz_members(archive, pre)
+            lengths = {}
+            for group in pre.video_groups:
+                info = members[group.name]
+                what = f"The .npz member '{info.filename}'"
+                with archive.open(info) as member:
+                    header = _read_npy_header(member, what)
+                _check_declared_size(header, info.file_size, what)
+                _check_dtype(header.dtype, group.name)
+                _check_layout(header.shape, group.name, group.dim)
+                lengths[group.name] = int(header.shape[0])
+            num_clips = min(lengths.values())
+            _check_clip_count(num_clips, max_clips, pre)
+            arrays = {
+                name: _read_member(archive, info, num_clips, max_unpacked_bytes, f"The .npz member '{info.filename}'")
+                for name, info in members.items()
+            }
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError) as exc:
+        raise InvalidInput(f"The body is not a readable .npz file ({exc}).", code="corrupt_file") from None
     for group in pre.video_groups:
         _check_array(arrays[group.name], group.name, group.dim)
-    return {name: arrays[name] for name in expected}
+    return arrays, lengths
 
 
 def parse_video(
@@ -181,21 +270,17 @@ def parse_video(
     """Validate an uploaded video and normalise it as the manifest says.
 
     Returns features ``(T, D)`` float32 without TEF; T = the shortest group's length.
+    ``max_unpacked_bytes`` bounds what a Fortran-order ``.npz`` member may inflate to (C-order
+    members only ever inflate the T rows used).
     """
     if not body:
         raise InvalidInput("The body is empty; send the bytes of a .npy or .npz file.", code="corrupt_file")
     if fmt == "npy":
         groups = _groups_from_npy(_load_npy(body, "The body"), pre)
+        lengths = {name: int(array.shape[0]) for name, array in groups.items()}
+        _check_clip_count(min(lengths.values()), max_clips, pre)
     else:
-        groups = _groups_from_npz(_load_npz(body, max_unpacked_bytes), pre)
-    lengths = {name: int(array.shape[0]) for name, array in groups.items()}
-    num_clips = min(lengths.values())
-    if num_clips > max_clips:
-        raise InvalidInput(
-            f"The video has {num_clips} clips; at most {max_clips} are accepted (the model was trained on "
-            f"videos of up to {pre.max_video_clips} clips of {pre.clip_length_s:g} s). Split the video.",
-            {"num_clips": num_clips, "max_clips": max_clips}, code="video_too_long",
-        )
+        groups, lengths = _groups_from_npz(body, pre, max_clips, max_unpacked_bytes)
     try:
         features = build_video_features(
             list(groups.values()), normalize=pre.l2_normalize_video, tef=False, eps=pre.l2_eps

@@ -43,7 +43,26 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """
     x = np.asarray(x, dtype=np.float32)
     # float32 norm + Python float stays float32 (NEP 50), as in the official numpy code.
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + eps)
+    with np.errstate(over="ignore"):  # rows whose squares overflow are redone just below
+        norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    out = x / (norm + eps)
+    overflowed = np.isinf(norm[..., 0]) & np.isfinite(x).all(axis=-1)
+    if overflowed.any():
+        out[overflowed] = _normalize_huge_rows(x[overflowed], eps)
+    return out
+
+
+def _normalize_huge_rows(rows: np.ndarray, eps: float) -> np.ndarray:
+    """L2-normalise finite rows whose float32 squares overflow (values near 3e38).
+
+    The official formula would give them an infinite norm, and the rows would become zeros. Here
+    each row is first divided by its largest magnitude, so ``x / (||x|| + eps)`` is computed as
+    ``s / (||s|| + eps / m)`` with ``s = x / m``, ``m = max|x|``: the same quantity, without overflow.
+    Every other row keeps the official float32 formula bit for bit.
+    """
+    scale = np.abs(rows).max(axis=-1, keepdims=True)
+    scaled = rows / scale
+    return scaled / (np.linalg.norm(scaled, axis=-1, keepdims=True) + np.float32(eps) / scale)
 
 
 def tef_columns(num_clips: int) -> np.ndarray:

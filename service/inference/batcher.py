@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import ServiceError
+from service.inference.admission import Admission
 from service.metrics import Metrics
 from trdetr_common.features import pad_batch
 
@@ -152,6 +153,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._carry: _Job | None = None
         self._preparing = 0
+        self.admission = Admission()
 
     @contextlib.contextmanager
     def preparing(self) -> Iterator[None]:
@@ -188,25 +190,28 @@ class DynamicBatcher:
     async def infer(self, texts: list[np.ndarray], video: np.ndarray, timeout_s: float) -> list[RowOutput]:
         """Queue one request (``texts``: N arrays (L_t, D_t); ``video`` (T, D_v)) and await its rows.
 
-        Raises 429 when the queue is full and 504 when ``timeout_s`` passes first. The deadline is a
-        timer that fails the job's own future (cheaper than ``wait_for`` + ``shield``); a job that
-        timed out or whose request went away is skipped by the batcher if it has not run yet.
+        Raises 429 when the queue is full or the measured queue would not answer it within
+        ``timeout_s`` (:class:`~service.inference.admission.Admission`), and 504 when ``timeout_s``
+        passes first. The deadline is a timer that fails the job's own future (cheaper than
+        ``wait_for`` + ``shield``); a job that timed out or whose request went away is skipped by the
+        batcher if it has not run yet.
         """
         loop = asyncio.get_running_loop()
         job = _Job(texts=texts, video=video, future=loop.create_future())
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if self._queue.full():
             raise ServiceError(
                 429, "queue_full", "Too many inference requests are waiting; retry shortly.",
                 {"max_queue_size": self._queue.maxsize}, headers={"Retry-After": "1"},
-            ) from None
+            )
+        self.admission.admit(job.rows, timeout_s)
+        self._queue.put_nowait(job)
         self._metrics.queue_depth.set(self._queue.qsize())
         deadline = loop.call_later(timeout_s, _expire, job.future, timeout_s)
         try:
             return await job.future
         finally:
             deadline.cancel()
+            self.admission.done(job.rows)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -267,7 +272,9 @@ class DynamicBatcher:
         """
         start = time.perf_counter()
         outputs = self.model_fn(build_batch(jobs))
-        self._metrics.compute.observe(time.perf_counter() - start)
-        self._metrics.batch_size.observe(sum(job.rows for job in jobs))
+        seconds, rows = time.perf_counter() - start, sum(job.rows for job in jobs)
+        self.admission.ran(rows, seconds)
+        self._metrics.compute.observe(seconds)
+        self._metrics.batch_size.observe(rows)
         self._metrics.batch_requests.observe(len(jobs))
         loop.call_soon_threadsafe(_deliver, jobs, split_outputs(jobs, outputs))

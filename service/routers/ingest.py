@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 
 from ingestion.jobs import JobRecord
-from service.auth import KeyIdDep
+from service.auth import require_api_key
 from service.dependencies import ReadyRuntimeDep, Runtime
 from service.errors import NotFound
 from service.ingest import VIDEO_TYPES, Ingest
 from service.routers.videos import VideoId
 from service.routers.videos import _video_info as video_info  # the one VideoInfo builder
 from service.schemas import JOB_ID_PATTERN, JobAccepted, JobErrorOut, JobStatus, VideoInfo, error_responses
+from service.tenancy import Tenant
 
 router = APIRouter(tags=["ingestion"])
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="The id PUT .../video answered with.")]
+TenantDep = Annotated[Tenant, Depends(require_api_key)]
 
 _VIDEO_BODY = {
     "requestBody": {
@@ -39,13 +41,13 @@ def _ingest(runtime: Runtime) -> Ingest:
 @router.put("/v1/videos/{video_id}/video", status_code=202, response_model=JobAccepted, openapi_extra=_VIDEO_BODY,
             summary="Upload a video file: its features are extracted by a job", responses=_UPLOAD_ERRORS)
 async def put_video(video_id: VideoId, request: Request, response: Response, runtime: ReadyRuntimeDep,
-                    key_id: KeyIdDep) -> JobAccepted:
+                    tenant: TenantDep) -> JobAccepted:
     """Queue the video for feature extraction and answer at once with the job to poll.
 
     On success the job stores the features exactly as `PUT /v1/videos/{video_id}/features` would
     (replacing the video stored under that id); a failed job leaves it as it was.
     """
-    job = await _ingest(runtime).accept(request, video_id, key_id, runtime.max_clips)
+    job = await _ingest(runtime).accept(request, video_id, tenant.id, runtime.max_clips)
     status_url = f"/v1/jobs/{job.job_id}"
     response.headers["Location"] = status_url
     return JobAccepted(job_id=job.job_id, video_id=video_id, status_url=status_url)
@@ -53,9 +55,9 @@ async def put_video(video_id: VideoId, request: Request, response: Response, run
 
 @router.get("/v1/jobs/{job_id}", response_model=JobStatus, summary="An ingestion job's status",
             responses=error_responses(401, 403, 404, 422, 503))
-async def get_job(job_id: JobId, runtime: ReadyRuntimeDep, key_id: KeyIdDep) -> JobStatus:
+async def get_job(job_id: JobId, runtime: ReadyRuntimeDep, tenant: TenantDep) -> JobStatus:
     """Status and progress; on success `video` is the stored video (as GET /v1/videos/{video_id})."""
-    job = await _ingest(runtime).job_for(job_id, key_id)
+    job = await _ingest(runtime).job_for(job_id, tenant.id)
     return JobStatus(
         job_id=job.job_id, video_id=job.video_id, status=job.status,  # type: ignore[arg-type]
         progress=job.progress, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
@@ -70,7 +72,7 @@ async def _stored_video(runtime: Runtime, job: JobRecord) -> VideoInfo | None:
         return None
     assert runtime.store is not None
     try:
-        meta = await runtime.store.metadata(job.video_id)
+        meta = await runtime.store.tenant(job.tenant).metadata(job.video_id)
     except NotFound:
         return None
     if meta.get("version") != job.result.get("version"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from fastapi import APIRouter, Depends, Response
 
 from service.auth import require_api_key
@@ -48,15 +50,17 @@ async def model_info(runtime: ReadyRuntimeDep) -> ModelInfo:
     assert bundle is not None
     manifest, pre, settings = bundle.manifest, bundle.pre, runtime.settings
     return ModelInfo(
-        bundle_dir=str(bundle.dir), format_version=manifest.format_version, created_at=manifest.created_at,
-        untrained=manifest.untrained, source_checkpoint=manifest.source.model_dump(), precision=bundle.precision,
+        bundle=bundle.dir.name, format_version=manifest.format_version, created_at=manifest.created_at,
+        untrained=manifest.untrained,
+        source_checkpoint={**manifest.source.model_dump(), "file_name": PurePath(manifest.source.file_name).name}, precision=bundle.precision,
         providers=bundle.providers, text_encoder=bundle.text_encoder is not None,
         text_features_expected=pre.text_encoder.expected, feature_layout=layout_version(pre),
         video_groups={g.name: g.dim for g in pre.video_groups}, video_input_dim=pre.video_input_dim,
         text_dim=pre.text_dim, clip_length_s=pre.clip_length_s, max_video_clips=pre.max_video_clips,
         max_text_tokens=pre.max_text_tokens, num_queries=manifest.config.get("num_queries"),
         outputs=manifest.outputs,
-        limits={"max_body_bytes": settings.max_body_bytes, "max_queries_per_request": settings.max_queries_per_request,
+        limits={"max_body_bytes": settings.max_body_bytes,
+                "max_json_body_bytes": settings.max_json_body_bytes, "max_queries_per_request": settings.max_queries_per_request,
                 "max_video_clips": runtime.max_clips, "max_query_chars": settings.max_query_chars,
                 "max_batch_size": settings.max_batch_size, "request_timeout_s": settings.request_timeout_s,
                 "max_video_bytes": settings.max_video_bytes,

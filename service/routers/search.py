@@ -6,9 +6,12 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel
 
 from service.auth import require_api_key
-from service.dependencies import ReadyRuntimeDep, Runtime
+from service.cache import TenantStore
+from service.deadline import time_left
+from service.dependencies import ReadyRuntimeDep, Runtime, TenantStoreDep
 from service.inference.batcher import RowOutput
-from service.inputs import SearchInputs, resolve_inputs
+from service.inputs import SearchInputs, precheck_search_body, resolve_inputs, search_body_max_values
+from service.json_body import json_route
 from service.schemas import (
     ClipScore,
     HighlightsRequest,
@@ -23,7 +26,8 @@ from service.schemas import (
 )
 from trdetr_common.postprocess import clip_saliency, rank_moments, top_clips
 
-router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)],
+                   route_class=json_route(precheck_search_body, search_body_max_values))
 
 _ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503, 504)
 
@@ -37,17 +41,18 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-async def _infer(runtime: Runtime, request: SearchRequest) -> tuple[SearchInputs, list[RowOutput]]:
+async def _infer(runtime: Runtime, request: SearchRequest,
+                 store: TenantStore) -> tuple[SearchInputs, list[RowOutput]]:
     """Resolve the inputs and run every query of the request as rows of one batch job."""
     assert runtime.batcher is not None
     with runtime.batcher.preparing():
-        inputs = await resolve_inputs(runtime, request)
-    rows = await runtime.batcher.infer(inputs.texts, inputs.video, runtime.settings.request_timeout_s)
+        inputs = await resolve_inputs(runtime, request, store)
+    rows = await runtime.batcher.infer(inputs.texts, inputs.video, time_left(runtime.settings.request_timeout_s))
     return inputs, rows
 
 
 @router.post("/moments", response_model=MomentsResponse, responses=_ERRORS, summary="Moment retrieval")
-async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep) -> Response:
+async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep, store: TenantStoreDep) -> Response:
     """Ranked moments `{start, end, score}` per query, best first.
 
     `score` is the foreground probability of the moment (softmax over the model's two class
@@ -55,7 +60,7 @@ async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep) -> Response:
     official post-processing does; `nms_iou` removes moments overlapping a better one by more than
     that IoU, `min_score` drops weak ones, `top_k` caps the list.
     """
-    inputs, rows = await _infer(runtime, body)
+    inputs, rows = await _infer(runtime, body, store)
     assert runtime.bundle is not None
     clip_length = runtime.bundle.pre.clip_length_s
     results = []
@@ -71,7 +76,7 @@ async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep) -> Response:
 
 
 @router.post("/highlights", response_model=HighlightsResponse, responses=_ERRORS, summary="Highlight detection")
-async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep) -> Response:
+async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep, store: TenantStoreDep) -> Response:
     """Per query, the saliency of every clip and the `top_k` highlight clips.
 
     `raw` is the model's saliency score: an unbounded logit-like value that is often negative.
@@ -80,7 +85,7 @@ async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep) -> Respo
     this video and query: `(raw - min) / (max - min)`, 1 for the most salient clip, 0 for the
     least; a video whose clips all score the same gets 1 everywhere.
     """
-    inputs, rows = await _infer(runtime, body)
+    inputs, rows = await _infer(runtime, body, store)
     assert runtime.bundle is not None
     clip_length = runtime.bundle.pre.clip_length_s
     results = []

@@ -6,10 +6,9 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from starlette.concurrency import run_in_threadpool
 
 from service.auth import require_api_key
-from service.dependencies import ReadyRuntimeDep, Runtime
+from service.dependencies import ReadyRuntimeDep, Runtime, TenantStoreDep
 from service.schemas import VIDEO_ID_PATTERN, Deleted, VideoInfo, error_responses
 from service.uploads import NPY_TYPES, NPZ_TYPES, file_format, parse_video, video_meta
 
@@ -44,34 +43,33 @@ def _video_info(runtime: Runtime, video_id: str, meta: dict[str, Any]) -> VideoI
 @router.put("/{video_id}/features", response_model=VideoInfo, openapi_extra=_UPLOAD_BODY,
             summary="Store one video's clip features",
             responses=error_responses(401, 403, 413, 415, 422, 503))
-async def put_features(video_id: VideoId, request: Request, runtime: ReadyRuntimeDep) -> VideoInfo:
+async def put_features(video_id: VideoId, request: Request, runtime: ReadyRuntimeDep,
+                       store: TenantStoreDep) -> VideoInfo:
     """Validate, normalise (as the manifest says) and store the features with a TTL.
 
     Storing the same id again replaces the old features atomically. Groups of different lengths
     are cut to the shortest, as the official dataset does, and the response's `notes` say so.
     Features are kept as float16 (`storage_dtype`).
     """
-    assert runtime.bundle is not None and runtime.store is not None
+    assert runtime.bundle is not None
     body = await request.body()
     fmt = file_format(request.headers.get("content-type"), body)
-    parsed = await run_in_threadpool(
+    parsed = await runtime.workers.decode_file(
         parse_video, body, fmt, runtime.bundle.pre,
         max_clips=runtime.max_clips, max_unpacked_bytes=4 * runtime.settings.max_body_bytes,
     )
-    stored = await runtime.store.put(video_id, parsed.features, video_meta(parsed))
+    stored = await store.put(video_id, parsed.features, video_meta(parsed))
     return _video_info(runtime, video_id, stored)
 
 
 @router.get("/{video_id}", response_model=VideoInfo, summary="Stored video metadata and TTL left",
             responses=error_responses(401, 403, 404, 422, 503))
-async def get_video(video_id: VideoId, runtime: ReadyRuntimeDep) -> VideoInfo:
-    assert runtime.store is not None
-    return _video_info(runtime, video_id, await runtime.store.metadata(video_id))
+async def get_video(video_id: VideoId, runtime: ReadyRuntimeDep, store: TenantStoreDep) -> VideoInfo:
+    return _video_info(runtime, video_id, await store.metadata(video_id))
 
 
 @router.delete("/{video_id}", response_model=Deleted, summary="Delete a stored video",
                responses=error_responses(401, 403, 404, 422, 503))
-async def delete_video(video_id: VideoId, runtime: ReadyRuntimeDep) -> Deleted:
-    assert runtime.store is not None
-    await runtime.store.delete(video_id)
+async def delete_video(video_id: VideoId, store: TenantStoreDep) -> Deleted:
+    await store.delete(video_id)
     return Deleted(video_id=video_id)

@@ -127,3 +127,14 @@ def test_truncation_note_only_when_group_lengths_differ():
     assert truncation_note({"slowfast": 75, "clip": 75}) is None
     note = truncation_note({"slowfast": 75, "clip": 74})
     assert "slowfast: 75, clip: 74" in note and "74 clips" in note
+
+
+def test_l2_normalize_rows_near_float32_max_do_not_overflow_to_zeros():
+    from trdetr_common.features import l2_normalize
+
+    huge = np.full((2, 8), 3.0e38, np.float32)
+    huge[1, ::2] *= -1
+    out = l2_normalize(huge)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
+    ordinary = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_array_equal(l2_normalize(ordinary), ordinary / (np.linalg.norm(ordinary, axis=1, keepdims=True) + 1e-5))

@@ -16,8 +16,8 @@ import pytest
 from ingest_helpers import BIN, DEFAULT_BUNDLE, write_audio_only, write_unknown_codec, write_video
 from svc_helpers import npz_bytes, serve
 
-from service.auth import api_key_id
 from service.settings import Settings
+from service.tenancy import tenant_for_key
 from service.uploads import parse_video
 from trdetr_common.manifest import Manifest
 
@@ -73,7 +73,7 @@ def stored_features(client: httpx.AsyncClient, video_id: str) -> bytes:
     runtime = client.app.state.runtime
     import redis
 
-    raw = redis.Redis.from_url(runtime.settings.redis_url).hget(runtime.store.key(video_id), "feat")
+    raw = redis.Redis.from_url(runtime.settings.redis_url).hget(runtime.store.tenant("shared").keys.video(video_id), "feat")
     assert raw is not None
     return raw
 
@@ -193,7 +193,7 @@ async def test_jobs_belong_to_the_key_that_created_them(settings_for, key_prefix
         assert error_of(await http.get(f"/v1/jobs/{job_id}", headers=two), 404)["code"] == "not_found"
         assert (await http.get(f"/v1/jobs/{job_id}")).status_code == 401
         record = await http.app.state.runtime.ingest.jobs.get(job_id)
-        assert record.tenant == api_key_id("key-one") and "key-one" not in repr(record)
+        assert record.tenant == tenant_for_key("key-one").id and "key-one" not in repr(record)
         assert error_of(await http.get("/v1/jobs/not-a-job-id", headers=one), 422)["code"] == "invalid_request"
 
 
@@ -211,3 +211,18 @@ async def test_the_latest_upload_for_a_video_id_wins(client, tmp_path):
     assert early["status"] == "succeeded" or early["error"]["code"] == "superseded", early
     stored = (await client.get("/v1/videos/twice")).json()
     assert late["video"]["num_clips"] == stored["num_clips"] and early["video"] is None
+
+
+async def test_a_video_upload_may_take_longer_than_the_request_deadline(settings_for, key_prefix, tmp_path):
+    """TRDETR_REQUEST_TIMEOUT_S bounds searches; a large upload on a slow link is guarded by its own timeouts."""
+    body = write_video(tmp_path / "slow.mp4", 2.0).read_bytes()
+
+    async def trickle():
+        for start in range(0, len(body), len(body) // 6 + 1):
+            await asyncio.sleep(0.25)
+            yield body[start:start + len(body) // 6 + 1]
+
+    settings = settings_for(key_prefix, request_timeout_s=1.0, upload_min_bytes_per_s=0, inprocess_worker=False)
+    async with serve(settings) as http:
+        answer = await http.put("/v1/videos/slow/video", content=trickle(), headers=MP4)
+        assert answer.status_code == 202, answer.text

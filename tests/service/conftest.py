@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from service.cache import EmbeddedRedis
+from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

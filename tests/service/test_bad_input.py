@@ -90,7 +90,7 @@ def first(pre) -> str:
         (lambda pre: npy_bytes(np.zeros((0, sum(g.dim for g in pre.video_groups)), np.float32)), NPY, 422,
          "bad_shape", ["no clips"]),
         (lambda pre: npy_bytes(np.zeros((9, sum(g.dim for g in pre.video_groups)), np.int32)), NPY, 422,
-         "bad_dtype", ["float16 or float32"]),
+         "bad_dtype", ["float16, float32 or float64"]),
         (lambda pre: pickled_npy(), NPY, 422, "corrupt_file", ["readable"]),
         (lambda pre: b"\x93NUMPY garbage that is no npy header", NPY, 422, "corrupt_file", ["readable"]),
         (lambda pre: npz_bytes(**random_groups(pre, 9, seed=3))[:-40], NPZ, 422, "corrupt_file", ["npz"]),
@@ -166,7 +166,7 @@ def query(pre, tokens: int = 4, dim: int | None = None) -> dict:
     ("make_json", "status", "code", "words"),
     [
         (lambda pre: {"video_id": "never-stored", "queries": [query(pre)]}, 404, "not_found", ["never-stored", "PUT"]),
-        (lambda pre: {"video_id": VIDEO, "queries": [""]}, 422, "invalid_request", ["empty"]),
+        (lambda pre: {"video_id": VIDEO, "queries": [""]}, 422, "invalid_request", ["at least 1 character"]),
         (lambda pre: {"video_id": VIDEO, "queries": [{"text": "   "}]}, 422, "invalid_request", ["empty"]),
         (lambda pre: {"video_id": VIDEO, "queries": []}, 422, "invalid_request", ["queries"]),
         (lambda pre: {"video_id": VIDEO, "queries": [query(pre)] * 17}, 422, "too_many_queries", ["16"]),

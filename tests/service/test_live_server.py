@@ -38,6 +38,7 @@ def live_server(env: dict[str, str], port: int, timeout_s: float = 120) -> Itera
     process = subprocess.Popen([str(SERVE), "--port", str(port)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client.server_pid = process.pid  # type: ignore[attr-defined]
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -78,7 +79,7 @@ def test_trdetr_serve_answers_over_http(small_bundle, redis_url, key_prefix):
         assert answer.status_code == 200, answer.text
         moments = answer.json()["results"][0]["moments"]
         assert 1 <= len(moments) <= 3 and np.isfinite([m["score"] for m in moments]).all()
-        assert client.get("/v1/model").json()["bundle_dir"] == str(small_bundle)
+        assert client.get("/v1/model").json()["bundle"] == small_bundle.name
         assert 'route="/v1/moments",status="200"' in client.get("/metrics").text
 
 
@@ -89,7 +90,7 @@ def test_with_nothing_configured_it_serves_the_default_bundle_on_an_embedded_red
     pre = manifest_of(DEFAULT_BUNDLE).preprocessing
     with live_server(clean_env(), free_port(), timeout_s=300) as client:
         model = client.get("/v1/model").json()
-        assert Path(model["bundle_dir"]).resolve() == DEFAULT_BUNDLE.resolve()
+        assert model["bundle"] == DEFAULT_BUNDLE.name
         assert client.get("/readyz").json()["checks"]["feature_cache"] == "ok"
         stored = client.put("/v1/videos/default/features", content=npz_bytes(**random_groups(pre, 8, seed=3)),
                             headers={"content-type": "application/x-npz"})

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from svc_helpers import b64, manifest_of, npy_bytes, npz_bytes, random_groups, random_text, serve
 
+from service.tenancy import SHARED_TENANT_ID
+
 pytestmark = pytest.mark.anyio
 
 NPZ = {"content-type": "application/x-npz"}
@@ -44,8 +46,21 @@ async def cache_count(client: httpx.AsyncClient, result: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def local(client: httpx.AsyncClient):
-    return client.app.state.runtime.store.local  # type: ignore[attr-defined]
+class SharedTenantLocal:
+    """The local LRU's entries of the shared tenant (no API keys), by video id."""
+
+    def __init__(self, cache) -> None:
+        self.cache = cache
+
+    def __contains__(self, video_id: str) -> bool:
+        return f"{SHARED_TENANT_ID}/{video_id}" in self.cache
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+
+def local(client: httpx.AsyncClient) -> SharedTenantLocal:
+    return SharedTenantLocal(client.app.state.runtime.store.local)  # type: ignore[attr-defined]
 
 
 async def test_a_repeated_search_is_answered_from_the_local_copy(make_settings, pre):

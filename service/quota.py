@@ -1,0 +1,111 @@
+"""Per-tenant storage quotas (videos and bytes), kept by Lua scripts on keys of one Redis slot.
+
+Every key of a tenant carries the tenant's hash tag (see :class:`TenantKeys`), so a tenant's videos and
+its bookkeeping live in one slot, on one Redis Cluster shard, and a script may touch all of them
+atomically -- no multi-slot transaction, no distributed lock. The bookkeeping per tenant and layout:
+
+- ``sizes``: hash ``video_id -> bytes stored`` (features + meta); its length is the video count;
+- ``expiry``: sorted set ``video_id -> expiry time`` (unix seconds), so expired videos are forgotten
+  cheaply (``ZRANGEBYSCORE``) before every quota check;
+- ``bytes``: the sum of ``sizes``.
+
+:data:`PUT_SCRIPT` checks the quota and, only if it holds, replaces the video and updates the books,
+all in one atomic step: two replicas can never both take the last free slot. A video Redis removed
+by itself under ``maxmemory`` (LRU eviction) stays in the books until a put is refused; then the
+store drops every entry whose video is gone (:data:`FORGET_SCRIPT`, which checks that the video key
+is still absent) and tries once more. If Redis evicts the bookkeeping keys themselves, counting
+restarts from the videos stored afterwards (documented in service/README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.errors import ServiceError
+
+PUT_SCRIPT = """
+-- KEYS: video, sizes, expiry, bytes.  ARGV: video_id, feat, meta, ttl_s, now_s, max_videos, max_bytes
+local id, ttl, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_videos, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
+local size = string.len(ARGV[2]) + string.len(ARGV[3])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  redis.call('DECRBY', KEYS[4], tonumber(redis.call('HGET', KEYS[2], gone) or '0'))
+  redis.call('HDEL', KEYS[2], gone)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local old = tonumber(redis.call('HGET', KEYS[2], id) or '-1')
+local videos = redis.call('HLEN', KEYS[2])
+if old < 0 then videos = videos + 1 end
+local used = tonumber(redis.call('GET', KEYS[4]) or '0') + size - math.max(old, 0)
+if max_videos > 0 and videos > max_videos then return {0, 'videos', videos - 1, used - size, size} end
+if max_bytes > 0 and used > max_bytes then return {0, 'bytes', videos - 1, used - size, size} end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'feat', ARGV[2], 'meta', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('HSET', KEYS[2], id, size)
+redis.call('ZADD', KEYS[3], now + ttl, id)
+redis.call('SET', KEYS[4], used)
+for i = 2, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+return {1, 'ok', videos, used, size}
+"""
+
+DELETE_SCRIPT = """
+-- KEYS: video, sizes, expiry, bytes.  ARGV: video_id, only_if_gone ('1': forget an evicted video)
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local removed = redis.call('DEL', KEYS[1])
+local size = redis.call('HGET', KEYS[2], ARGV[1])
+if size then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('DECRBY', KEYS[4], tonumber(size))
+end
+return removed
+"""
+FORGET_SCRIPT = DELETE_SCRIPT  # with only_if_gone = '1'
+
+
+@dataclass(frozen=True)
+class TenantKeys:
+    """The Redis keys of one tenant under one feature layout.
+
+    ``{prefix}:{<tenant>}:<layout>:video:<video_id>`` and ``...:sizes`` / ``...:expiry`` / ``...:bytes``:
+    the braces make the tenant id the Redis Cluster hash tag, so all of them share one slot.
+    """
+
+    prefix: str
+    tenant: str
+    layout: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{{self.tenant}}}:{self.layout}"
+
+    def video(self, video_id: str) -> str:
+        return f"{self.base}:video:{video_id}"
+
+    def books(self) -> list[str]:
+        """``sizes``, ``expiry``, ``bytes``: the script keys after the video's own."""
+        return [f"{self.base}:sizes", f"{self.base}:expiry", f"{self.base}:bytes"]
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits per tenant (0 = none)."""
+
+    max_videos: int = 0
+    max_bytes: int = 0
+
+
+def quota_exceeded(which: str, quota: Quota, videos: int, used_bytes: int, size: int) -> ServiceError:
+    """403 ``quota_exceeded``, naming the quota that is full and what is stored now."""
+    if which == "videos":
+        limit, what = quota.max_videos, f"{quota.max_videos} videos (TRDETR_QUOTA_MAX_VIDEOS), {videos} stored"
+    else:
+        limit = quota.max_bytes
+        what = f"{quota.max_bytes} bytes (TRDETR_QUOTA_MAX_BYTES), {used_bytes} stored, this video needs {size}"
+    return ServiceError(
+        403, "quota_exceeded",
+        f"The storage quota of this API key is full: {what}. Delete videos you no longer need "
+        "(DELETE /v1/videos/{video_id}), wait for some to expire, or store this one again to replace it.",
+        {"quota": which, "limit": limit, "videos": videos, "bytes": used_bytes, "video_bytes": size},
+    )
