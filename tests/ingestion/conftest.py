@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.cache import EmbeddedRedis
+from service.embedded_redis import EmbeddedRedis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))  # svc_helpers: serve(), npz_bytes()

@@ -226,3 +226,23 @@ async def test_a_video_upload_may_take_longer_than_the_request_deadline(settings
     async with serve(settings) as http:
         answer = await http.put("/v1/videos/slow/video", content=trickle(), headers=MP4)
         assert answer.status_code == 202, answer.text
+
+
+async def test_a_job_stores_into_its_keys_namespace_under_its_quota(settings_for, key_prefix, pre, tmp_path):
+    settings = settings_for(key_prefix, api_keys=["key-one", "key-two"], quota_max_videos=1)
+    async with serve(settings) as http:
+        one, two = {"X-API-Key": "key-one"}, {"X-API-Key": "key-two"}
+        features = {g.name: np.random.default_rng(4).standard_normal((2, g.dim)).astype(np.float32)
+                    for g in pre.video_groups}
+        stored = await http.put("/v1/videos/first/features", content=npz_bytes(**features), headers={**NPZ, **one})
+        assert stored.status_code == 200, stored.text
+        body = write_video(tmp_path / "q.mp4", 2.0).read_bytes()
+        over = await http.put("/v1/videos/second/video", content=body, headers={**MP4, **one})
+        job = await wait_job(http, over.json()["job_id"], headers=one)
+        assert job["status"] == "failed" and job["error"]["code"] == "quota_exceeded", job
+        assert (await http.get("/v1/videos/second", headers=one)).status_code == 404
+        mine = await http.put("/v1/videos/second/video", content=body, headers={**MP4, **two})
+        job = await wait_job(http, mine.json()["job_id"], headers=two)
+        assert job["status"] == "succeeded", job
+        assert (await http.get("/v1/videos/second", headers=two)).status_code == 200
+        assert (await http.get("/v1/videos/second", headers=one)).status_code == 404, "another key's video"
