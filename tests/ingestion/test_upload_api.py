@@ -78,6 +78,7 @@ def stored_features(client: httpx.AsyncClient, video_id: str) -> bytes:
     return raw
 
 
+@pytest.mark.slow
 async def test_a_video_upload_becomes_searchable_features_equal_to_the_extractor(client, pre, tmp_path):
     video = write_video(tmp_path / "clip.mp4", 3.0)
     answer = await client.put("/v1/videos/uploaded/video", content=video.read_bytes(), headers=MP4)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from ingest_helpers import BIN, DEFAULT_BUNDLE, REPO, clean_env
+
+pytestmark = pytest.mark.slow  # each starts a Python process that loads the service and the encoders
 
 
 def test_workers_never_import_torch():
