@@ -7,6 +7,7 @@ then the project itself with ``--no-deps``. Standard library only (runs in the b
 Usage::
 
     python gpu_requirements.py pyproject.toml > requirements-gpu.txt
+    python gpu_requirements.py --extras s3 pyproject.toml   # plus the s3 extra's requirements
     python gpu_requirements.py --check-installed   # after installing: fail unless the GPU build is usable
 
 The check also loads the CUDA/cuDNN libraries that onnxruntime's CUDA provider needs by soname: the
@@ -58,6 +59,15 @@ def gpu_requirements(pyproject: dict) -> list[str]:
     return kept + list(extra)
 
 
+def extra_requirements(pyproject: dict, extras: list[str]) -> list[str]:
+    """The requirements of the named optional extras (e.g. ``s3``), in order."""
+    optional = pyproject["project"].get("optional-dependencies", {})
+    missing = [name for name in extras if name not in optional]
+    if missing:
+        raise ValueError(f"pyproject.toml has no extra(s) {missing}")
+    return [req for name in extras for req in optional[name]]
+
+
 def installed_onnxruntime_problems() -> list[str]:
     """Why the current environment is not a clean GPU install (empty list when it is)."""
     problems = []
@@ -92,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyproject", nargs="?", type=Path, default=Path("pyproject.toml"))
     parser.add_argument("--check-installed", action="store_true", help="verify the installed environment")
+    parser.add_argument("--extras", nargs="*", default=[], help="also list these extras' requirements (default: none)")
     args = parser.parse_args(argv)
     if args.check_installed:
         problems = installed_onnxruntime_problems()
@@ -99,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"GPU image: {problem}", file=sys.stderr)
         return 1 if problems else 0
     with args.pyproject.open("rb") as handle:
-        print("\n".join(gpu_requirements(tomllib.load(handle))))
+        pyproject = tomllib.load(handle)
+    print("\n".join(gpu_requirements(pyproject) + extra_requirements(pyproject, args.extras)))
     return 0
 
 

@@ -3,6 +3,7 @@
 The service images have no curl; this uses the standard library only. Usage::
 
     python healthcheck.py /healthz
+    python healthcheck.py /metrics 9100     # another port (trdetr-worker's metrics)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def probe(path: str, port: int, timeout_s: float = 2.0) -> bool:
 
 def main(argv: list[str]) -> int:
     path = argv[1] if len(argv) > 1 else "/healthz"
-    port = int(os.environ.get("TRDETR_PORT", "8000"))
+    port = int(argv[2]) if len(argv) > 2 else int(os.environ.get("TRDETR_PORT", "8000"))
     return 0 if probe(path, port) else 1
 
 

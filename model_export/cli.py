@@ -1,8 +1,11 @@
 """``trdetr-export``: write a model bundle from a checkpoint, or verify an existing bundle.
 
-    trdetr-export CHECKPOINT --out BUNDLE_DIR [--fp16] [--text-encoder HF_CLIP_DIR] [--opset N]
-                  [--video-groups slowfast:2304,clip:512] [--fixtures DIR] [--random-cases N]
-    trdetr-export verify BUNDLE_DIR [--checkpoint CKPT] [--fixtures DIR] [--text-encoder HF_CLIP_DIR]
+    trdetr-export CHECKPOINT --out BUNDLE_DIR [--fp16] [--clip HF_CLIP_DIR] [--slowfast SLOWFAST_CKPT]
+                  [--opset N] [--video-groups slowfast:2304,clip:512] [--fixtures DIR] [--random-cases N]
+    trdetr-export verify BUNDLE_DIR [--checkpoint CKPT] [--fixtures DIR] [--clip HF_CLIP_DIR]
+                  [--slowfast SLOWFAST_CKPT]
+
+``--text-encoder`` is an alias of ``--clip``.
 
 Exit status: 0 all checks passed, 1 a parity gate or verification failed, 2 bad arguments or
 unusable inputs (the message says what to fix).
@@ -27,9 +30,16 @@ def _common_check_flags(parser: argparse.ArgumentParser) -> None:
         "the official outputs stored there, within the fp32 tolerance",
     )
     parser.add_argument(
-        "--text-encoder", type=Path, metavar="HF_CLIP_DIR",
-        help="local Hugging Face CLIP directory (openai/clip-vit-base-patch32 layout). On export: also write "
-        "text_encoder.onnx + tokenizer.json and check them against torch/transformers",
+        "--clip", "--text-encoder", dest="text_encoder", type=Path, metavar="HF_CLIP_DIR",
+        help="local Hugging Face CLIP directory (openai/clip-vit-base-patch32 layout). On export: write its "
+        "towers, text_encoder.onnx + tokenizer.json (query text) and image_encoder.onnx (video group 'clip', "
+        "512-d image embeddings), and check them against transformers (--text-encoder is an alias)",
+    )
+    parser.add_argument(
+        "--slowfast", type=Path, metavar="SLOWFAST_CKPT",
+        help="SlowFast 8x8 checkpoint: PySlowFast's SLOWFAST_8x8_R50.pkl (Caffe2, read without running pickle "
+        "code) or pytorchvideo's SLOWFAST_8x8_R50.pyth. On export: write slowfast.onnx (video group "
+        "'slowfast', 2304-d) and check it against torch",
     )
     parser.add_argument(
         "--random-cases", type=int, default=50, metavar="N",
@@ -88,13 +98,20 @@ def verify_parser() -> argparse.ArgumentParser:
 
 def _run_export(args: argparse.Namespace) -> int:
     from model_export.export import export_bundle, parse_video_groups
+    from model_export.export.image_encoder import clip_towers
     from model_export.export.parity import Thresholds
+    from model_export.slowfast import load_slowfast
 
     groups = parse_video_groups(args.video_groups) if args.video_groups else None
+    towers = clip_towers(args.text_encoder) if args.text_encoder else set()
+    if args.text_encoder and not towers:
+        raise ValueError(f"{args.text_encoder} is not a Hugging Face CLIP directory (config.json model_type)")
     manifest = export_bundle(
-        args.checkpoint, args.out, fp16=args.fp16, text_encoder_dir=args.text_encoder, opset=args.opset,
-        video_groups=groups, fixtures_dir=args.fixtures, num_random_cases=args.random_cases,
+        args.checkpoint, args.out, fp16=args.fp16, text_encoder_dir=args.text_encoder if "text" in towers else None,
+        opset=args.opset, video_groups=groups, fixtures_dir=args.fixtures, num_random_cases=args.random_cases,
         run_parity=not args.skip_parity, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
+        image_encoder_dir=args.text_encoder if "vision" in towers else None,
+        slowfast=load_slowfast(args.slowfast) if args.slowfast else None,
     )
     _print_gates(manifest.parity.get("gates", []), manifest.parity.get("skipped", []))
     print(f"bundle written: {args.out} (files: {', '.join(sorted(manifest.files))})")
@@ -104,10 +121,12 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_verify(args: argparse.Namespace) -> int:
     from model_export.export import verify_bundle
     from model_export.export.parity import Thresholds, summarize
+    from model_export.slowfast import load_slowfast
 
     report = verify_bundle(
         args.bundle, args.checkpoint, args.fixtures, text_encoder_dir=args.text_encoder,
         num_random_cases=args.random_cases, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
+        slowfast=load_slowfast(args.slowfast) if args.slowfast else None,
     )
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -132,13 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from model_export import CheckpointError
     from model_export.export import ExportError, LayoutError, ParityError, TextEncoderError, VerificationError
+    from model_export.export.image_encoder import ImageEncoderError
 
     try:
         return _run_verify(args) if verifying else _run_export(args)
     except (ParityError, VerificationError, ExportError) as error:
         print(f"trdetr-export: FAILED: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except (CheckpointError, LayoutError, TextEncoderError, FileNotFoundError, ValueError) as error:
+    except (CheckpointError, LayoutError, TextEncoderError, ImageEncoderError, FileNotFoundError, ValueError) as error:
         print(f"trdetr-export: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

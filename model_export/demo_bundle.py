@@ -6,7 +6,9 @@ builds a TR-DETR with seeded random weights and the released model's preprocessi
 (video groups slowfast 2304 + clip 512 + 2 TEF columns = 2818, CLIP text tokens 512-d,
 hidden_dim 256, 10 queries, max_v_l 75, max_q_l 32) but one encoder and one decoder layer and a
 256-wide feed-forward, plus a tiny random text encoder with the CLIP text model's interface and a
-byte-level vocabulary built here (no download, no dataset text), and exports them through
+byte-level vocabulary built here (no download, no dataset text), and tiny random video encoders with
+the real interfaces (a CLIP image tower: (B, 3, 224, 224) -> 512; a SlowFast: 8 + 32 frames of
+224x224 -> 2304), so video files can be ingested end to end; and exports them through
 ``export_bundle`` with every parity gate. Its predictions are meaningless: it exists so the service,
 its tests and its container run end to end without a trained model.
 
@@ -24,11 +26,18 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from model_export import TRDETRConfig, build_model, save_checkpoint
 from model_export.export import export_bundle
+from model_export.slowfast import LoadedSlowFast, SlowFast, init_random_, tiny_config
 from trdetr_common.manifest import Manifest, VideoFeatureGroup
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "service" / "default_bundle"
@@ -99,6 +108,41 @@ def write_tiny_clip_text_dir(
     return directory
 
 
+def write_tiny_clip_vision_dir(directory: Path, *, seed: int = 0, hidden_size: int = 32) -> Path:
+    """Write a Hugging Face CLIP vision tower (with projection) directory with random weights.
+
+    Same interface as ``openai/clip-vit-base-patch32``'s image half (224x224 images, 32x32 patches,
+    512-d projected embedding) but one narrow transformer layer.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    config = CLIPVisionConfig(
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=1, num_attention_heads=2,
+        image_size=224, patch_size=32, projection_dim=512,
+    )
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(config).eval()
+    _round_to_fp16_grid(model)
+    model.save_pretrained(directory)
+    return directory
+
+
+def build_demo_slowfast(seed: int = 0) -> LoadedSlowFast:
+    """A tiny seeded random SlowFast (one block per stage, narrow) with the real 2048 + 256 outputs.
+
+    Its BatchNorms are identities (scale 1, mean 0, variance 1 - eps): the exporter folds BN into the
+    convolutions, and identity BNs keep the folded weights on the fp16 grid, so they are stored as fp16.
+    """
+    model = init_random_(SlowFast(tiny_config(stem_dims=(4, 2))), seed=seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.weight.fill_(1.0)
+                module.running_mean.zero_()
+                module.running_var.fill_(1.0 - module.eps)
+    _round_to_fp16_grid(model)
+    return LoadedSlowFast(model=model, file_name=None, sha256=None, format="random-init")
+
+
 def build_demo_bundle(out_dir: Path, *, seed: int = 0, num_random_cases: int = 50, progress: bool = True) -> Manifest:
     """Build, export and gate the demo bundle into ``out_dir``."""
     notes = [
@@ -108,14 +152,19 @@ def build_demo_bundle(out_dir: Path, *, seed: int = 0, num_random_cases: int = 5
         "released model's inputs and outputs.",
         "text_encoder.onnx is a random CLIP-interface text model with no transformer layer and a byte-level "
         "vocabulary (no merges); it only makes text queries run end to end.",
+        "image_encoder.onnx (one-layer CLIP-interface vision model) and slowfast.onnx (one block per stage, "
+        "narrow) are random too: video files go through the official preprocessing end to end, but their "
+        "features mean nothing.",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(Path(tmp) / "demo_untrained.ckpt", build_demo_model(seed), demo_config(),
                                      fmt="trdetr-service")
         text_dir = write_tiny_clip_text_dir(Path(tmp) / "tiny_clip_text", seed=seed)
+        vision_dir = write_tiny_clip_vision_dir(Path(tmp) / "tiny_clip_vision", seed=seed)
         return export_bundle(
             checkpoint, out_dir, text_encoder_dir=text_dir, video_groups=DEMO_VIDEO_GROUPS,
             num_random_cases=num_random_cases, untrained=True, notes=notes, progress=progress,
+            image_encoder_dir=vision_dir, slowfast=build_demo_slowfast(seed),
         )
 
 

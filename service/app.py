@@ -19,17 +19,19 @@ from service.embedded_redis import EmbeddedRedis
 from service.errors import install_error_handlers
 from service.inference.batcher import DynamicBatcher
 from service.inference.bundle import ModelBundle
+from service.ingest_setup import start_ingest, stop_ingest
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import VIDEO_UPLOAD_PATH, BodyLimitMiddleware, MetricsMiddleware
 from service.quota import Quota
-from service.routers import ops, search, videos
+from service.routers import ingest, ops, search, videos
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """Moment retrieval and highlight detection with TR-DETR on ONNX Runtime.
 
-Store a video's per-clip features once (`PUT /v1/videos/{id}/features`), then search it with
+Store a video's per-clip features once (`PUT /v1/videos/{id}/features`), or upload the video file
+and let an ingestion job extract them (`PUT /v1/videos/{id}/video`, then `GET /v1/jobs/{job_id}`), then search it with
 any number of queries (`POST /v1/moments`, `POST /v1/highlights`). Every error has the shape
 `{"error": {"code", "message", "details"}}`. See service/README.md for what the scores mean.
 """
@@ -72,6 +74,7 @@ async def _start(runtime: Runtime) -> None:
         max_queue_size=settings.max_queue_size, metrics=runtime.metrics,
     )
     await runtime.batcher.start()
+    await start_ingest(runtime, url)
     # Everything loaded so far lives as long as the app: keep it out of the cyclic GC, whose full
     # collections over it took ~60-75 ms on the 2-core build machine (a pause inside some request).
     gc.freeze()
@@ -82,6 +85,7 @@ async def _start(runtime: Runtime) -> None:
 async def _stop(runtime: Runtime) -> None:
     runtime.ready = False
     gc.unfreeze()  # what this app leaves behind may be collected again (tests start many apps)
+    await stop_ingest(runtime)
     if runtime.batcher is not None:
         await runtime.batcher.stop()
     if runtime.store is not None:
@@ -119,10 +123,12 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
     app.state.runtime = Runtime(settings=settings, metrics=metrics, bundle=bundle)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_body_bytes,
-                       max_json_bytes=settings.max_json_body_bytes, metrics=metrics)
-    app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s, metrics=metrics)
+                       max_json_bytes=settings.max_json_body_bytes, metrics=metrics,
+                       max_video_bytes=settings.max_video_bytes)
+    app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s, metrics=metrics,
+                       exempt_put=VIDEO_UPLOAD_PATH)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for router in (videos.router, search.router, ops.router):
+    for router in (videos.router, ingest.router, search.router, ops.router):
         app.include_router(router)
     install_docs(app, settings)
     return app

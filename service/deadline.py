@@ -9,6 +9,10 @@ decode or text-encoding thread, the inference queue and the run itself. When it 
   the connection, so the client cannot keep it open);
 - otherwise: 504 ``deadline_exceeded``.
 
+Video uploads (``PUT /v1/videos/{id}/video``, up to ``TRDETR_MAX_VIDEO_BYTES``) are exempt: a 2 GiB file
+takes minutes on a good link. They are streamed to disk with their own guards instead (an idle timeout
+and a minimum average rate, :mod:`service.body_to_file`), and answer as soon as the job is queued.
+
 The work in progress is cancelled (a job still queued for inference is skipped; a thread already
 decoding a file finishes, its result unused). Code below the middleware reads the time left with
 :func:`time_left`, e.g. to refuse inference it could not finish in time.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,13 +51,17 @@ def _has_body(scope: Scope) -> bool:
 class DeadlineMiddleware:
     """Cancel a request at its deadline and answer 408 (body still arriving) or 504 (anything else)."""
 
-    def __init__(self, app: ASGIApp, *, timeout_s: float, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, timeout_s: float, metrics: Metrics,
+                 exempt_put: re.Pattern[str] | None = None) -> None:
+        """``exempt_put``: PUT paths that get no deadline (video uploads, guarded by their own timeouts)."""
         self.app = app
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self.exempt_put = exempt_put
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+                self.exempt_put is not None and scope["method"] == "PUT" and self.exempt_put.match(scope["path"])):
             await self.app(scope, receive, send)
             return
         body_pending = _has_body(scope)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -18,7 +18,20 @@ from service.inference.bundle import ModelBundle
 from service.metrics import Metrics
 from service.settings import Settings
 from service.tenancy import Tenant
+from trdetr_common.manifest import PreprocessingContract
 from trdetr_common.windows import WindowPlan, plan_windows, stride_for
+
+if TYPE_CHECKING:
+    from service.ingest import Ingest
+
+
+def clip_limit(settings: Settings, pre: PreprocessingContract) -> int:
+    """Longest accepted video in clips: ``TRDETR_MAX_VIDEO_S`` / the bundle's clip length, rounded down.
+
+    One rule for feature uploads, video uploads and the ingestion workers (longer videos than the model's
+    trained length run on overlapping windows).
+    """
+    return max(1, math.floor(settings.max_video_s / pre.clip_length_s + 1e-9))
 
 
 @dataclass
@@ -31,6 +44,7 @@ class Runtime:
     store: FeatureStore | None = None
     batcher: DynamicBatcher | None = None
     embedded_redis: EmbeddedRedis | None = None
+    ingest: Ingest | None = None
     workers: WorkerPools = field(init=False)
     ready: bool = False
     startup_notes: list[str] = field(default_factory=list)
@@ -39,7 +53,7 @@ class Runtime:
     def max_clips(self) -> int:
         """Longest accepted video in clips: ``TRDETR_MAX_VIDEO_S`` / the bundle's clip length, rounded down."""
         assert self.bundle is not None
-        return max(1, math.floor(self.settings.max_video_s / self.bundle.pre.clip_length_s + 1e-9))
+        return clip_limit(self.settings, self.bundle.pre)
 
     @property
     def stride_clips(self) -> int:

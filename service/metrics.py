@@ -11,6 +11,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ingestion.metrics import IngestMetrics
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _WINDOW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -68,6 +70,7 @@ class Metrics:
             "trdetr_rejected_requests_total", "Requests refused before inference, by reason.",
             ["reason"], registry=r,
         )
+        self.ingest = IngestMetrics(r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this app's metrics."""

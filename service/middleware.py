@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from fastapi import HTTPException
@@ -10,6 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_response
 from service.metrics import Metrics
 
+VIDEO_UPLOAD_PATH = re.compile(r"^/v1/videos/[^/]+/video$")
+"""``PUT`` here uploads a video file (streamed to disk, never held in memory): ``TRDETR_MAX_VIDEO_BYTES``."""
 UPLOAD_PATH_PREFIX = "/v1/videos/"
 """``PUT`` requests under this path upload files and get ``TRDETR_MAX_BODY_BYTES``; every other body
 (JSON) gets the smaller ``TRDETR_MAX_JSON_BODY_BYTES``."""
@@ -22,17 +25,22 @@ def _too_large_message(limit: int, setting: str) -> str:
 class BodyLimitMiddleware:
     """Refuse bodies over their limit: at once from Content-Length, else while streaming.
 
-    Uploads (``PUT /v1/videos/...``) may be up to ``max_upload_bytes``; any other body (JSON) up to
+    Video uploads (``PUT /v1/videos/{id}/video``, streamed to disk) may be up to ``max_video_bytes``;
+    other uploads (``PUT /v1/videos/...``) up to ``max_upload_bytes``; any other body (JSON) up to
     ``max_json_bytes``, so a search request can never be as large as a feature file.
     """
 
-    def __init__(self, app: ASGIApp, *, max_upload_bytes: int, max_json_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, max_upload_bytes: int, max_json_bytes: int, metrics: Metrics,
+                 max_video_bytes: int | None = None) -> None:
         self.app = app
         self.max_upload_bytes = max_upload_bytes
         self.max_json_bytes = max_json_bytes
+        self.max_video_bytes = max_video_bytes if max_video_bytes is not None else max_upload_bytes
         self.metrics = metrics
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
+        if scope["method"] == "PUT" and VIDEO_UPLOAD_PATH.match(scope["path"]):
+            return self.max_video_bytes, "TRDETR_MAX_VIDEO_BYTES"
         if scope["method"] == "PUT" and scope["path"].startswith(UPLOAD_PATH_PREFIX):
             return self.max_upload_bytes, "TRDETR_MAX_BODY_BYTES"
         return self.max_json_bytes, "TRDETR_MAX_JSON_BODY_BYTES"

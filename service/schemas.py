@@ -269,6 +269,8 @@ ERROR_MEANINGS = {
     401: "API key missing",
     403: "API key wrong",
     404: "Unknown video (never stored, deleted or expired)",
+    408: "The upload's body was too slow (TRDETR_UPLOAD_IDLE_TIMEOUT_S, TRDETR_UPLOAD_MIN_BYTES_PER_S)",
+    409: "The bundle cannot extract features from videos (a feature group has no encoder)",
     413: "Body larger than TRDETR_MAX_BODY_BYTES",
     415: "Upload content type is not .npy / .npz",
     422: "Invalid input; the message says what to fix",
@@ -276,6 +278,49 @@ ERROR_MEANINGS = {
     503: "Feature cache unreachable (send features inline), or the model is not ready yet",
     504: "Inference deadline exceeded",
 }
+
+
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class JobAccepted(BaseModel):
+    """An accepted video upload: its ingestion job is queued."""
+
+    job_id: str
+    video_id: str
+    status: Literal["queued"] = "queued"
+    status_url: str = Field(description="GET this for the job's status (also in the Location header).")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"job_id": "3f1c9a0e5b7d4e2f8a6b1c0d9e8f7a6b", "video_id": "my-video", "status": "queued",
+         "status_url": "/v1/jobs/3f1c9a0e5b7d4e2f8a6b1c0d9e8f7a6b"}]})
+
+
+class JobErrorOut(BaseModel):
+    code: str = Field(description="Stable machine-readable reason, e.g. corrupt_video, job_timeout.")
+    message: str = Field(description="What went wrong and what to do about it.")
+
+
+class JobStatus(BaseModel):
+    """An ingestion job: where it is, and on success the stored video."""
+
+    job_id: str
+    video_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: float = Field(ge=0, le=1, description="0-1; 1 once succeeded.")
+    created_at: float = Field(description="Unix time of the upload.")
+    started_at: float | None = Field(description="Unix time a worker first started the job.")
+    finished_at: float | None = Field(description="Unix time the job ended.")
+    error: JobErrorOut | None = Field(description="Why the job failed (status failed only).")
+    video: VideoInfo | None = Field(
+        description="On success, the same object as GET /v1/videos/{video_id}; null before, on failure, and once "
+        "the video was replaced, deleted or expired.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"job_id": "3f1c9a0e5b7d4e2f8a6b1c0d9e8f7a6b", "video_id": "my-video", "status": "failed", "progress": 0.0,
+         "created_at": 1767225600.0, "started_at": 1767225601.2, "finished_at": 1767225601.9,
+         "error": {"code": "corrupt_video", "message": "The video stream cannot be decoded at 12.4 s ..."},
+         "video": None}]})
 
 
 class Health(BaseModel):

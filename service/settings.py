@@ -6,6 +6,7 @@ configuration table name exactly these variables (a test checks there is no drif
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,6 +17,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from trdetr_common.windows import DEFAULT_MERGE, DEFAULT_STRIDE_FRACTION, MergeRule
 
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "default_bundle"
+# A fixed path (not a fresh temporary directory), so that trdetr-worker processes started on the same
+# machine find the files trdetr-serve received.
+DEFAULT_INGEST_DIR = Path(tempfile.gettempdir()) / "trdetr-ingest"
 
 
 class Settings(BaseSettings):
@@ -153,12 +157,83 @@ class Settings(BaseSettings):
         description="With API keys set, serve /docs, /redoc and /openapi.json without a key too.",
     )
 
+    # --- video ingestion (PUT /v1/videos/{id}/video, jobs, workers) ----------------------------
+    max_video_bytes: int = Field(
+        default=2 * 1024**3, ge=1024,
+        description="Largest video file accepted by PUT /v1/videos/{id}/video (413; Content-Length or streamed).",
+    )
+    upload_idle_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A video upload whose body sends nothing for this long is cut off (408).",
+    )
+    upload_min_bytes_per_s: int = Field(
+        default=16384, ge=0,
+        description="A video upload slower than this on average, measured after its first "
+        "TRDETR_UPLOAD_IDLE_TIMEOUT_S seconds, is cut off (408); 0 disables the check.",
+    )
+    max_concurrent_uploads: int = Field(
+        default=16, ge=1, description="Video uploads one API process receives at once; more get 429."
+    )
+    max_queued_jobs: int = Field(
+        default=256, ge=1,
+        description="Ingestion jobs waiting or running (all processes together) before new uploads get 429.",
+    )
+    jobs_redis_url: str | None = Field(
+        default=None,
+        description="Redis server of the ingestion job queue and job records; unset -> the feature cache's "
+        "server. Point it at a Redis with persistence (AOF) and no eviction so queued jobs survive restarts.",
+    )
+    ingest_storage: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where uploaded video files wait for a worker: local (TRDETR_INGEST_DIR, shared by every "
+        "worker: one machine or a ReadWriteMany volume) or s3 (an S3-compatible bucket).",
+    )
+    ingest_dir: Path = Field(
+        default=DEFAULT_INGEST_DIR,
+        description="Upload store with TRDETR_INGEST_STORAGE=local; scratch space for uploads being received "
+        "and downloads being extracted with s3.",
+    )
+    ingest_s3_bucket: str | None = Field(
+        default=None, description="Bucket of the upload store with TRDETR_INGEST_STORAGE=s3 (must exist)."
+    )
+    ingest_s3_prefix: str = Field(default="trdetr-uploads/", description="Key prefix of uploads in that bucket.")
+    ingest_s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible store (MinIO, SeaweedFS, Ceph...); unset -> AWS S3. "
+        "Credentials and region come from the usual AWS_* variables.",
+    )
+    inprocess_worker: bool = Field(
+        default=True,
+        description="trdetr-serve runs one ingestion worker in its own process (off when separate "
+        "trdetr-worker processes do the work).",
+    )
+    job_max_tries: int = Field(
+        default=3, ge=1, description="Tries of an ingestion job (crashes, timeouts, transient errors) before it fails."
+    )
+    job_claim_idle_s: float = Field(
+        default=60.0, gt=0,
+        description="A job whose worker sent no heartbeat for this long is taken over by another worker "
+        "(heartbeats every quarter of it).",
+    )
+    job_timeout_s: float = Field(
+        default=4 * 3600.0, gt=0, description="Longest one try of an ingestion job may run before it is aborted."
+    )
+    job_ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long a job's status stays readable (from its last change)."
+    )
+    worker_metrics_port: int = Field(
+        default=9100, ge=0, le=65535,
+        description="Port of trdetr-worker's Prometheus /metrics (0: none). trdetr-serve's in-process worker "
+        "reports on the API's /metrics.",
+    )
+
     # --- server ------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Bind address of trdetr-serve.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of trdetr-serve.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     graceful_shutdown_s: int = Field(
-        default=20, ge=0, description="Seconds uvicorn waits for in-flight requests on shutdown."
+        default=20, ge=0, description="Seconds uvicorn waits for in-flight requests on shutdown, and a stopping "
+        "ingestion worker lets its job run before giving it back to the queue."
     )
 
     @field_validator("api_keys", mode="before")

@@ -23,7 +23,7 @@ import binascii
 import io
 import zipfile
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -297,6 +297,15 @@ def parse_video(
         raise InvalidInput(str(exc)) from None
     note = truncation_note(lengths)
     return VideoFeatures(features=features, group_lengths=lengths, notes=[note] if note else [])
+
+
+def video_meta(parsed: VideoFeatures) -> dict[str, Any]:
+    """What a stored video's meta records about its features (``FeatureStore.put`` adds the rest).
+
+    One definition for every way features are stored: the features upload and ingestion jobs.
+    """
+    return {"num_clips": parsed.num_clips, "dim": int(parsed.features.shape[1]),
+            "group_lengths": parsed.group_lengths, "notes": parsed.notes}
 
 
 def parse_query_features(body: bytes, pre: PreprocessingContract, index: int) -> np.ndarray:

@@ -8,6 +8,8 @@ A bundle is a directory written by ``trdetr-export``::
       model.fp16.onnx      # optional, fp16 weights, fp32 inputs/outputs
       text_encoder.onnx    # optional, CLIP text transformer (token ids -> (B, L, 512))
       tokenizer.json       # optional, for the `tokenizers` library
+      image_encoder.onnx   # optional, CLIP image tower (B, 3, 224, 224) -> (B, 512), group "clip"
+      slowfast.onnx        # optional, SlowFast 8x8 (slow, fast clips) -> (B, 2304), group "slowfast"
       parity.json          # full parity report
 
 Everything the service needs to use the model correctly without torch is here: the
@@ -24,6 +26,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trdetr_common.video_encoders import GROUP_ALIGNMENT, VideoEncoderSpec
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -37,6 +41,11 @@ class VideoFeatureGroup(_Strict):
 
     name: str = Field(description="Group name, also the array name expected in uploaded .npz files.")
     dim: int = Field(gt=0, description="Feature width of this group.")
+    encoder: VideoEncoderSpec | None = Field(
+        default=None,
+        description="The bundled encoder that computes this group from a video file, with its exact "
+        "preprocessing (trdetr_common.video_encoders); None: the group can only be uploaded as features.",
+    )
 
 
 class TextEncoderSpec(_Strict):
@@ -87,6 +96,9 @@ class PreprocessingContract(_Strict):
     )
     video_groups_note: str | None = Field(
         default=None, description="Why the layout is what it is (always set when the source is 'unknown')."
+    )
+    video_groups_alignment: str = Field(
+        default=GROUP_ALIGNMENT, description="How groups of different clip counts are brought to one length."
     )
     l2_normalize_video: bool = Field(description="L2-normalise each group separately before concatenation.")
     l2_eps: float = Field(default=1e-5, description="x / (||x|| + eps), as the official dataset does.")
@@ -143,6 +155,10 @@ class Manifest(BaseModel):
     def load(cls, bundle_dir: str | Path) -> Manifest:
         path = Path(bundle_dir) / MANIFEST_NAME
         return cls.model_validate(json.loads(path.read_text()))
+
+    def groups_without_encoder(self) -> list[str]:
+        """Names of the video feature groups that no bundled encoder computes (video ingestion needs none)."""
+        return [g.name for g in self.preprocessing.video_groups if g.encoder is None]
 
     def dump(self, bundle_dir: str | Path) -> Path:
         path = Path(bundle_dir) / MANIFEST_NAME

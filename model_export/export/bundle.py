@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from model_export import load_checkpoint, read_checkpoint
 from model_export.config import TRDETRConfig
+from model_export.slowfast import LoadedSlowFast
 from trdetr_common.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -43,6 +44,7 @@ from trdetr_common.text import OPENAI_CLIP, QueryTokenizer
 from .cases import InputSpec
 from .checks import GateRun, build_cases, run_gates
 from .fp16 import convert_to_fp16
+from .image_encoder import IMAGE_ONNX, check_image_encoder, clip_towers, export_image_encoder
 from .layouts import VideoLayout, resolve_video_layout
 from .onnx_export import (
     DEFAULT_OPSET,
@@ -55,12 +57,15 @@ from .onnx_export import (
     store_exact_fp16_weights,
 )
 from .parity import ParityError, Thresholds, raise_on_failure, summarize
+from .slowfast_encoder import SLOWFAST_ONNX, check_slowfast, export_slowfast
 from .text_encoder import CHECK_QUERIES, TEXT_OUTPUT, check_text_encoder, encode_batch, export_text_encoder
+from .video_encoders import attach_encoders, check_video_encoders_run
 
 FP32_FILE = "model.onnx"
 FP16_FILE = "model.fp16.onnx"
 PARITY_FILE = "parity.json"
-_BUNDLE_FILES = (MANIFEST_NAME, FP32_FILE, FP16_FILE, "text_encoder.onnx", "tokenizer.json", PARITY_FILE)
+_BUNDLE_FILES = (MANIFEST_NAME, FP32_FILE, FP16_FILE, "text_encoder.onnx", "tokenizer.json", PARITY_FILE,
+                 IMAGE_ONNX, SLOWFAST_ONNX)
 CLIP_TEXT_EXPECTED = (
     "CLIP ViT-B/32 text transformer (openai/clip-vit-base-patch32): last_hidden_state after the final "
     "layer norm, 512-d per token, not projected (the QVHighlights clip_text_features)"
@@ -99,6 +104,8 @@ def export_bundle(
     untrained: bool = False,
     notes: Sequence[str] = (),
     progress: bool = False,
+    image_encoder_dir: Path | None = None,
+    slowfast: LoadedSlowFast | None = None,
 ) -> Manifest:
     """Export ``checkpoint`` into the bundle directory ``out_dir`` and check it.
 
@@ -116,6 +123,9 @@ def export_bundle(
         untrained: mark the bundle as random-weight (demo) in the manifest.
         notes: extra human notes for the manifest.
         progress: print progress bars and steps to stderr.
+        image_encoder_dir: local Hugging Face CLIP directory; writes image_encoder.onnx for group "clip".
+        slowfast: a loaded SlowFast network (``model_export.slowfast.load_slowfast``); writes slowfast.onnx
+            for group "slowfast".
     Returns:
         the written Manifest. Raises ParityError (after writing parity.json) when a gate fails.
     """
@@ -123,7 +133,7 @@ def export_bundle(
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     opset = opset or DEFAULT_OPSET
     thresholds = thresholds or Thresholds()
-    steps = tqdm(total=5, desc="export", disable=not progress, file=sys.stderr, unit="step")
+    steps = tqdm(total=6, desc="export", disable=not progress, file=sys.stderr, unit="step")
     steps.set_postfix_str("reading checkpoint")
     loaded = read_checkpoint(checkpoint)
     model, config = load_checkpoint(checkpoint)
@@ -152,12 +162,20 @@ def export_bundle(
             f"t_feat_dim={config.t_feat_dim}: pass the encoder the model was trained with"
         )
     steps.update()
+    steps.set_postfix_str("video encoders" if image_encoder_dir or slowfast else "no video encoder")
+    encoders = [export_image_encoder(image_encoder_dir, out_dir, opset)] if image_encoder_dir else []
+    encoders += [export_slowfast(slowfast, out_dir, opset)] if slowfast else []
+    if untrained:
+        encoders = [e.model_copy(update={"weights": e.weights.model_copy(update={"untrained": True})}) for e in encoders]
+    layout = attach_encoders(layout, encoders)
+    steps.update()
 
     steps.set_postfix_str("parity" if run_parity else "parity skipped")
     spec = _input_spec(config, layout, loaded.raw_opt)
     report = _parity_report(
         out_dir, model, config, spec, fp16, text_encoder_dir, fixtures_dir,
         num_random_cases if run_parity else 0, thresholds, run_parity, progress,
+        image_encoder_dir=image_encoder_dir, slowfast=slowfast,
     )
     steps.update()
     steps.close()
@@ -271,8 +289,11 @@ def _parity_report(
     thresholds: Thresholds,
     run_parity: bool,
     progress: bool,
+    *,
+    image_encoder_dir: Path | None = None,
+    slowfast: LoadedSlowFast | None = None,
 ) -> dict:
-    """Run the model gates (and the text encoder checks) and assemble parity.json's content."""
+    """Run the model gates (and the text and video encoder checks) and assemble parity.json's content."""
     report: dict = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "ran": run_parity,
@@ -289,14 +310,21 @@ def _parity_report(
     fp16_path = bundle_dir / FP16_FILE if fp16 else None
     run = run_gates(bundle_dir / FP32_FILE, fp16_path, model, randoms, fixtures, thresholds, progress=progress)
     text = check_text_encoder(text_encoder_dir, bundle_dir, progress=progress) if text_encoder_dir else None
-    return _finish_report(report, run, text)
+    video = {}
+    if image_encoder_dir:
+        video["image_encoder"] = check_image_encoder(image_encoder_dir, bundle_dir, atol=thresholds.fp32_atol)
+    if slowfast:
+        video["slowfast"] = check_slowfast(slowfast.model, bundle_dir, atol=thresholds.fp32_atol)
+    return _finish_report(report, run, text, video)
 
 
-def _finish_report(report: dict, run: GateRun, text: dict | None) -> dict:
+def _finish_report(report: dict, run: GateRun, text: dict | None, video: dict[str, dict] | None = None) -> dict:
     """Add the gate results, the pass flag and the failure message to a report."""
     report.update(
         gates=[g.to_dict() for g in run.gates], providers=run.providers, skipped=run.skipped, text_encoder=text
     )
+    if video:
+        report["video_encoders"] = video
     try:
         raise_on_failure(run.gates)
         failures = []
@@ -304,6 +332,9 @@ def _finish_report(report: dict, run: GateRun, text: dict | None) -> dict:
         failures = [str(error)]
     if text is not None and not text["passed"]:
         failures.append("text encoder checks failed:\n  " + "\n  ".join(text["failures"]))
+    for name, check in (video or {}).items():
+        if not check["passed"]:
+            failures.append(f"{name} checks failed:\n  " + "\n  ".join(check["failures"]))
     report["passed"] = not failures
     report["failure_message"] = "\n".join(failures) or None
     return report
@@ -320,6 +351,8 @@ def _manifest_parity(report: dict) -> dict:
             "passed": text["passed"], "max_abs_diff": text["max_abs_diff"],
             "tokenizer_ids_equal": text["tokenizer_ids_equal"], "queries": len(text["queries"]),
         }
+    for name, check in report.get("video_encoders", {}).items():
+        summary[name] = {"passed": check["passed"], "max_abs_diff": check["max_abs_diff"], "reference": check["reference"]}
     return summary
 
 
@@ -332,6 +365,7 @@ def verify_bundle(
     num_random_cases: int = 50,
     thresholds: Thresholds | None = None,
     progress: bool = False,
+    slowfast: LoadedSlowFast | None = None,
 ) -> dict:
     """Re-check an existing bundle; returns the report, raises on any failure.
 
@@ -340,6 +374,8 @@ def verify_bundle(
     With ``checkpoint`` (its sha256 must be the manifest's source): torch-vs-ORT fp32 and fp16 gates.
     Without it: the fp16 graph is gated against the bundle's own fp32 graph.
     With ``fixtures_dir``: ORT against the official golden outputs.
+    Bundled video encoders run once on a dummy input; with ``text_encoder_dir`` (a full CLIP directory) the
+    image encoder is also gated against transformers, with ``slowfast`` the SlowFast graph against torch.
 
     Raises:
         VerificationError: a file is missing or altered, or a graph does not match the manifest.
@@ -371,10 +407,15 @@ def verify_bundle(
     run = run_gates(bundle_dir / manifest.onnx.fp32_file, fp16_path, model, randoms, fixtures, thresholds,
                     progress=progress)
     text = _verify_text_encoder(bundle_dir, manifest, text_encoder_dir, progress)
+    video = check_video_encoders_run(bundle_dir, manifest)
+    if text_encoder_dir is not None and (bundle_dir / IMAGE_ONNX).is_file() and "vision" in clip_towers(text_encoder_dir):
+        video["image_encoder"] = check_image_encoder(text_encoder_dir, bundle_dir, atol=thresholds.fp32_atol)
+    if slowfast is not None and (bundle_dir / SLOWFAST_ONNX).is_file():
+        video["slowfast_parity"] = check_slowfast(slowfast.model, bundle_dir, atol=thresholds.fp32_atol)
     report = {"bundle": str(bundle_dir), "ran": True, "files_verified": sorted(manifest.files),
               "environment": _environment(), "thresholds": asdict(thresholds),
               "num_random_cases": num_random_cases}
-    report = _finish_report(report, run, text)
+    report = _finish_report(report, run, text, video)
     if not report["passed"]:
         raise ParityError(report["failure_message"])
     return report

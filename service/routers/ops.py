@@ -38,6 +38,8 @@ async def readyz(runtime: RuntimeDep, response: Response) -> Health:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {}}}})
 async def metrics(runtime: RuntimeDep) -> Response:
+    if runtime.ingest is not None:
+        await runtime.ingest.refresh_depth(runtime.metrics.ingest)
     return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
 
 
@@ -62,5 +64,6 @@ async def model_info(runtime: ReadyRuntimeDep) -> ModelInfo:
                 "max_json_body_bytes": settings.max_json_body_bytes, "max_queries_per_request": settings.max_queries_per_request,
                 "max_video_clips": runtime.max_clips, "max_video_s": runtime.max_clips * pre.clip_length_s,
                 "max_query_chars": settings.max_query_chars,
-                "max_batch_size": settings.max_batch_size, "request_timeout_s": settings.request_timeout_s},
+                "max_batch_size": settings.max_batch_size, "request_timeout_s": settings.request_timeout_s,
+                "max_video_bytes": settings.max_video_bytes},
     )

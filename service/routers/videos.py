@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from service.auth import require_api_key
 from service.dependencies import ReadyRuntimeDep, Runtime, TenantStoreDep
 from service.schemas import VIDEO_ID_PATTERN, Deleted, VideoInfo, error_responses
-from service.uploads import NPY_TYPES, NPZ_TYPES, file_format, parse_video
+from service.uploads import NPY_TYPES, NPZ_TYPES, file_format, parse_video, video_meta
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"], dependencies=[Depends(require_api_key)])
 
@@ -58,9 +58,7 @@ async def put_features(video_id: VideoId, request: Request, runtime: ReadyRuntim
         parse_video, body, fmt, runtime.bundle.pre,
         max_clips=runtime.max_clips, max_unpacked_bytes=4 * runtime.settings.max_body_bytes,
     )
-    meta = {"num_clips": parsed.num_clips, "dim": int(parsed.features.shape[1]),
-            "group_lengths": parsed.group_lengths, "notes": parsed.notes}
-    stored = await store.put(video_id, parsed.features, meta)
+    stored = await store.put(video_id, parsed.features, video_meta(parsed))
     return _video_info(runtime, video_id, stored)
 
 

@@ -12,6 +12,8 @@ MODULES = [
     "trdetr_common.text",
     "training.evaluation",
     "training.eval_cli",
+    "extraction",
+    "extraction.cli",
 ]
 
 

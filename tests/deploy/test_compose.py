@@ -98,3 +98,39 @@ def test_build_targets_are_stages_of_the_dockerfile(compose: Compose, name: str)
         path = REPO / build["context"] / build["dockerfile"]
         stages = {c.value[2] for c in dockerfile.parse_file(str(path)) if c.cmd == "FROM" and len(c.value) == 3}
         assert build["target"] in stages
+
+
+# --- ingestion: workers, the job queue's Redis, the shared upload store ------------------------
+
+
+def test_worker_runs_the_api_image_with_the_worker_command(compose: Compose) -> None:
+    services = compose[BASE_COMPOSE.name]["services"]
+    worker, api = services["worker"], services["api"]
+    assert worker["image"] == api["image"] and worker["build"] == api["build"]
+    assert worker["command"] == ["trdetr-worker"]
+    assert _environment(api)["TRDETR_INPROCESS_WORKER"] == "false", "the worker service does the extraction"
+    gpu = compose["docker-compose.gpu.yml"]["services"]["worker"]
+    assert gpu["build"]["target"] == "gpu" and _environment(gpu)["TRDETR_DEVICE"] == "cuda"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+
+
+def test_api_and_worker_share_the_upload_store_and_the_queue(compose: Compose) -> None:
+    services = compose[BASE_COMPOSE.name]["services"]
+    worker, api = services["worker"], services["api"]
+    for name in ("REDIS_URL", "TRDETR_JOBS_REDIS_URL", "TRDETR_INGEST_DIR"):
+        assert _environment(worker)[name] == _environment(api)[name], name
+    ingest_dir = _environment(api)["TRDETR_INGEST_DIR"]
+    mounts = {service: {v.split(":")[1]: v.split(":")[0] for v in services[service]["volumes"]}
+              for service in ("api", "worker")}
+    assert mounts["api"][ingest_dir] == mounts["worker"][ingest_dir] in compose[BASE_COMPOSE.name]["volumes"]
+    assert _duration_s(worker["stop_grace_period"]) > float(_environment(worker)["TRDETR_GRACEFUL_SHUTDOWN_S"])
+
+
+def test_the_job_queue_redis_persists_and_never_evicts(compose: Compose) -> None:
+    services = compose[BASE_COMPOSE.name]["services"]
+    jobs = services["redis-jobs"]
+    command = jobs["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert any(volume.endswith(":/data") for volume in jobs["volumes"])
+    assert _environment(services["api"])["TRDETR_JOBS_REDIS_URL"].startswith("redis://redis-jobs:")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -223,3 +224,20 @@ def test_export_image_pins_the_cpu_build_of_torch() -> None:
     runs = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
     assert "torch==2.13.0" in runs and "--index-url https://download.pytorch.org/whl/cpu" in runs
     assert _last(commands, "ENTRYPOINT").value == ("trdetr-export",)
+
+
+def test_the_service_images_hold_every_package_the_api_and_the_workers_import() -> None:
+    """A first-party package the service or ``trdetr-worker`` imports but the image does not copy would only
+    fail when the container starts."""
+    first_party = sorted(p.name for p in REPO.iterdir() if (p / "__init__.py").is_file())
+    code = ("import sys, service.app, service.cli, ingestion.cli\n"
+            f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({first_party!r}))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    imported = result.stdout.split()
+    assert {"service", "ingestion", "extraction", "trdetr_common"} <= set(imported)
+    copied = {source.rstrip("/") for source in _copy_sources(DOCKER_DIR / "Dockerfile")}
+    allowed = (DOCKER_DIR / "Dockerfile.dockerignore").read_text().splitlines()
+    for package in imported:
+        assert package in copied, f"docker/Dockerfile does not COPY {package}/"
+        assert f"!{package}/" in allowed, f"docker/Dockerfile.dockerignore does not let {package}/ through"

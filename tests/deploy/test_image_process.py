@@ -68,6 +68,7 @@ def serve_like_the_image(bundle: Path, workdir: Path) -> Iterator[tuple[subproce
     port = _free_port()
     env.update(
         TRDETR_BUNDLE_DIR=str(bundle), TRDETR_PORT=str(port), HOME=str(workdir), TMPDIR=str(workdir),
+        TRDETR_INGEST_DIR=str(workdir / "ingest"),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
     log = (workdir / "serve.log").open("wb")

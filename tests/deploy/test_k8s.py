@@ -261,3 +261,84 @@ def test_redis_is_a_bounded_lru_cache_without_persistence(rendered: dict[str, Re
     assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
     assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
     assert "--maxmemory" in args and "memory" in redis["resources"]["limits"]
+
+
+# --- ingestion: workers, their autoscaler, the job queue's Redis, the shared upload store --------
+
+
+def _worker(resources: Resources) -> dict[str, Any]:
+    return _one(resources, "Deployment", "trdetr-worker")
+
+
+def _worker_container(resources: Resources) -> dict[str, Any]:
+    (container,) = _worker(resources)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_workers_run_the_api_image_with_its_settings_and_upload_store(
+    rendered: dict[str, Resources], overlay: str
+) -> None:
+    resources = rendered[overlay]
+    worker, api = _worker_container(resources), _container(resources)
+    assert worker["image"] == api["image"] and worker["command"] == ["trdetr-worker"]
+    assert worker["envFrom"] == api["envFrom"]
+    config = _config(resources)
+    assert config["TRDETR_INPROCESS_WORKER"] == "false"
+
+    def ingest_claim(workload: dict[str, Any], container: dict[str, Any]) -> str:
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == config["TRDETR_INGEST_DIR"]]
+        (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+        return volume["persistentVolumeClaim"]["claimName"]
+
+    claim = ingest_claim(_worker(resources), worker)
+    assert claim == ingest_claim(_api(resources), api)
+    assert _one(resources, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+    pod = _worker(resources)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > int(config["TRDETR_GRACEFUL_SHUTDOWN_S"])
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert worker["securityContext"]["readOnlyRootFilesystem"] is True
+    assert worker["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert worker["livenessProbe"]["httpGet"]["port"] == "metrics"
+    assert {"name": "TRDETR_WORKER_METRICS_PORT", "value": str(worker["ports"][0]["containerPort"])} in worker["env"]
+    assert "replicas" not in _worker(resources)["spec"], "the HPA owns the replica count"
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_workers_scale_on_the_job_queue_depth_the_service_exports(rendered: dict[str, Resources], overlay: str) -> None:
+    hpa = _one(rendered[overlay], "HorizontalPodAutoscaler", "trdetr-worker")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "trdetr-worker"}
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External" and metric["external"]["target"]["type"] == "AverageValue"
+    name = metric["external"]["metric"]["name"]
+    from service.metrics import Metrics
+
+    assert name in {m.name for m in Metrics().registry.collect()}, "the HPA's metric is not one the service exports"
+    assert name in (K8S_DIR / "README.md").read_text(), "document the prometheus-adapter rule"
+
+
+def test_gpu_workers_take_one_gpu_and_cpu_workers_none(rendered: dict[str, Resources]) -> None:
+    gpu = _worker_container(rendered["gpu"])
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"name": "TRDETR_DEVICE", "value": "cuda"} in gpu["env"]
+    assert _worker(rendered["gpu"])["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "nvidia.com/gpu" not in _worker_container(rendered["cpu"])["resources"].get("limits", {})
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_job_queue_redis_persists_never_evicts_and_only_api_and_workers_reach_it(
+    rendered: dict[str, Resources], overlay: str
+) -> None:
+    resources = rendered[overlay]
+    redis_jobs = _one(resources, "StatefulSet", "trdetr-redis-jobs")
+    args = redis_jobs["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_jobs["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    host = _config(resources)["TRDETR_JOBS_REDIS_URL"].split("//")[1].split(":")[0]
+    _one(resources, "Service", host)
+    for policy_name in ("trdetr-redis", "trdetr-redis-jobs"):
+        policy = _one(resources, "NetworkPolicy", policy_name)
+        allowed = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                   for rule in policy["spec"]["ingress"] for peer in rule["from"]}
+        assert allowed == {"api", "worker"}, policy_name

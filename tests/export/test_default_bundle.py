@@ -43,7 +43,21 @@ def test_it_has_the_released_models_preprocessing_contract(manifest):
 def test_it_passed_the_full_parity_gates_and_stays_small(manifest):
     assert manifest.parity["passed"] and manifest.parity["num_random_cases"] >= 50
     assert manifest.parity["text_encoder"]["passed"]
-    assert sum(entry.bytes for entry in manifest.files.values()) < 10_000_000
+    assert manifest.parity["image_encoder"]["passed"] and manifest.parity["slowfast"]["passed"]
+    # TR-DETR ~8.5 MB + tiny text, image (~0.4 MB) and SlowFast (~0.6 MB) encoders
+    assert sum(entry.bytes for entry in manifest.files.values()) < 12_000_000
+
+
+def test_every_video_group_has_an_untrained_encoder_with_the_real_interface(manifest):
+    groups = {g.name: g for g in manifest.preprocessing.video_groups}
+    assert manifest.groups_without_encoder() == []
+    assert groups["clip"].encoder.kind == "clip_image" and groups["slowfast"].encoder.kind == "slowfast"
+    assert all(g.encoder.weights.untrained for g in groups.values())
+    for group in groups.values():
+        session = ort.InferenceSession(str(DEFAULT_BUNDLE / group.encoder.onnx_file), providers=["CPUExecutionProvider"])
+        shapes = [i.shape for i in session.get_inputs()]
+        assert session.get_outputs()[0].shape[1] == group.dim
+        assert shapes == ([["batch", 3, 224, 224]] if group.name == "clip" else [["batch", 3, 8, 224, 224], ["batch", 3, 32, 224, 224]])
 
 
 def test_a_text_query_runs_end_to_end(manifest):

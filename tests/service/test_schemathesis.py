@@ -5,7 +5,8 @@ live server on 127.0.0.1. One deliberate setting: ``positive_data_acceptance`` a
 because what makes a request usable is partly beyond JSON Schema (``features_b64`` must be base64 of
 a ``.npy`` of the model's width; a text query needs a bundle with a text encoder; the stored video must
 exist) -- the service answers those with a 422 that says what to fix, which the other checks still
-hold to the documented error shape.
+hold to the documented error shape. And 409: a video file upload to a server whose bundle has no video
+encoders (the small bundle here) is refused with 409 ``encoder_missing`` whatever the file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from test_live_server import clean_env, free_port, live_server
 
 EXAMPLES = 25
 CONFIG = {
-    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "422", "429"]}},
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "409", "422", "429"]}},
 }
 
 
