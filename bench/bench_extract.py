@@ -10,7 +10,10 @@ exported by ``export_bundle`` as ``trdetr-export --clip --slowfast`` does. Then,
 - ``slowfast``: the SlowFast encoder alone on 32 + 8 frames per 2-s clip, per batch size;
 - ``full``: ``Extractor.extract`` (decode + sampling + both encoders), per batch size.
 
-Each figure is video seconds / wall seconds (>= 1 means faster than real time).
+Each stage reports video seconds / wall seconds (>= 1 means faster than real time) and video seconds /
+CPU seconds of this process (all threads): on a shared machine the wall figure depends on the other
+load (the load average is printed), the CPU one much less; ``2 x`` the CPU figure is what the 2 cores
+would give if nothing else ran.
 
     .venv/bin/python bench/bench_extract.py --seconds 60 --batch-sizes 1 4
 
@@ -20,8 +23,10 @@ Not a test: numbers depend on the machine and on what else runs on it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,17 +84,21 @@ def write_video(path: Path, seconds: float, fps: int, width: int, height: int) -
     return path
 
 
-def bench_decode(video: Path, extractor: Extractor) -> float:
+def timed(work: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``work()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench_decode(video: Path, extractor: Extractor) -> tuple[float, float]:
     probe = probe_video(video)
     chains = {name: enc.chain(probe, extractor.clip_length_s) for name, enc in extractor.encoders.items()}
-    started = time.perf_counter()
-    for _ in ChainDecoder(probe, chains):
-        pass
-    return time.perf_counter() - started
+    return timed(lambda: sum(1 for _ in ChainDecoder(probe, chains)))
 
 
-def bench_encoder(extractor: Extractor, group: str, samples: int, batch: int) -> float:
-    """Wall seconds per input (one clip) through one encoder, over about ``samples`` inputs in batches of ``batch``."""
+def bench_encoder(extractor: Extractor, group: str, samples: int, batch: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per input (one clip) through one encoder, over about ``samples`` inputs in batches of ``batch``."""
     encoder = extractor.encoders[group]
     spec = encoder.spec
     rng = np.random.default_rng(0)
@@ -100,10 +109,8 @@ def bench_encoder(extractor: Extractor, group: str, samples: int, batch: int) ->
                spec.input_names[1]: rng.standard_normal((batch, 3, 32, 224, 224), dtype=np.float32)}
     encoder.model.run(one)  # warm-up
     runs = max(1, samples // batch)
-    started = time.perf_counter()
-    for _ in range(runs):
-        encoder.model.run(one)
-    return (time.perf_counter() - started) / (runs * batch)
+    wall, cpu = timed(lambda: [encoder.model.run(one) for _ in range(runs)])
+    return wall / (runs * batch), cpu / (runs * batch)
 
 
 def main() -> None:
@@ -124,19 +131,24 @@ def main() -> None:
     clips = int(np.ceil(args.seconds / clip_len))
     rows = []
     extractor = Extractor(bundle, device=args.device, intra_op_threads=args.threads, batch_size=args.batch_sizes[0])
-    print(f"providers: {extractor.providers}; video {video.name}: {args.seconds:g} s, {clips} clips", flush=True)
-    rows.append(("decode + filters (both chains)", "-", args.seconds / bench_decode(video, extractor)))
+    print(f"providers: {extractor.providers}; video {video.name}: {args.seconds:g} s, {clips} clips; "
+          f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    wall, cpu = bench_decode(video, extractor)
+    rows.append(("decode + filters (both chains)", "-", args.seconds / wall, args.seconds / cpu))
     for batch in args.batch_sizes:
-        rows.append(("clip image encoder", batch, clip_len / bench_encoder(extractor, "clip", clips, batch)))
-        rows.append(("slowfast encoder", batch, clip_len / bench_encoder(extractor, "slowfast", 8, batch)))
+        for group, name, samples in (("clip", "clip image encoder", clips), ("slowfast", "slowfast encoder", 8)):
+            wall, cpu = bench_encoder(extractor, group, samples, batch)
+            rows.append((name, batch, clip_len / wall, clip_len / cpu))
     for batch in args.batch_sizes:
         extractor = Extractor(bundle, device=args.device, intra_op_threads=args.threads, batch_size=batch)
-        result = extractor.extract(video)
-        stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items())
-        rows.append((f"full pipeline ({stages})", batch, args.seconds / result.timings_s["total"]))
-    print("\n| stage | batch | video s / wall s |\n| --- | ---: | ---: |")
-    for stage, batch, speed in rows:
-        print(f"| {stage} | {batch} | {speed:.2f} |")
+        result: dict = {}
+        wall, cpu = timed(lambda ex=extractor, out=result: out.setdefault("video", ex.extract(video)))
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in result["video"].timings_s.items())
+        rows.append((f"full pipeline ({stages})", batch, args.seconds / wall, args.seconds / cpu))
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print("\n| stage | batch | video s / wall s | video s / CPU s |\n| --- | ---: | ---: | ---: |")
+    for stage, batch, speed, cpu_speed in rows:
+        print(f"| {stage} | {batch} | {speed:.2f} | {cpu_speed:.2f} |")
 
 
 if __name__ == "__main__":
