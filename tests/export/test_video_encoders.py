@@ -112,3 +112,16 @@ def test_export_writes_gated_clip_image_and_slowfast_encoders_that_extract_a_vid
     video = Extractor(out, device="cpu").extract(write_video(tmp_path / "v.mp4", seconds=3.0, fps=25))
     assert {k: v.shape for k, v in video.groups.items()} == {"slowfast": (2, 288), "clip": (2, 16)}
     assert np.isfinite(video.groups["slowfast"]).all()
+
+
+def test_the_2d_export_form_computes_the_same_network(reference, tmp_path):
+    """factorized_for_export (3D convs as 2D ones, BN folded) equals the network it was made from."""
+    from model_export.slowfast.factorize import factorized_for_export
+
+    model = load_slowfast(write_checkpoint(reference, tmp_path / "sf.pyth", "pytorchvideo-pyth")).model
+    fast = torch.randn(1, 3, 32, 64, 48, generator=torch.Generator().manual_seed(5))
+    slow = fast[:, :, torch.linspace(0, 31, 8).long()]
+    with torch.no_grad():
+        expected, got = model(slow, fast), factorized_for_export(model)(slow, fast)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert not any(isinstance(m, torch.nn.Conv3d | torch.nn.BatchNorm3d) for m in factorized_for_export(model).modules())

@@ -12,6 +12,7 @@ from video_helpers import DEFAULT_BUNDLE, write_video
 from extraction import ExtractedVideo, npz_bytes, probe_video
 
 
+@pytest.mark.slow
 def test_a_37s_video_gives_19_clips_per_group_float32_and_its_npz(extractor, video_37s):
     fractions: list[float] = []
     video = extractor.extract(video_37s, progress=fractions.append)
@@ -32,10 +33,11 @@ def test_a_37s_video_gives_19_clips_per_group_float32_and_its_npz(extractor, vid
     assert video.probe == probe_video(video_37s)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cfr_9s", "vfr", "one_second", "portrait_rotated", "odd_size_audio"])
 def test_features_equal_the_encoders_on_the_official_ffmpeg_frames(extractor, videos, name):
     path = {
-        "cfr_9s": lambda p: write_video(p, seconds=9.0, fps=25),
+        "cfr_9s": lambda p: write_video(p, seconds=9.0, fps=25),  # 5 clips, the last one padded
         "vfr": lambda p: write_video(p, times_s=[0.0, 0.05, 0.4, 0.45, 1.3, 2.0, 2.1, 2.15, 3.9, 4.4, 5.2]),
         "one_second": lambda p: write_video(p, seconds=1.0, fps=30),
         "portrait_rotated": lambda p: write_video(p, seconds=3.0, fps=30, width=320, height=176, rotation=-90),
