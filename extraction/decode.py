@@ -88,6 +88,8 @@ class ChainDecoder:
         decoded_frames: frames the decoder produced.
         bad_packets: packets the decoder rejected (skipped).
         last_time_s: presentation time of the last decoded frame plus its duration (seconds).
+        last_packet_time_s: end of the last packet of any stream (seconds).
+        demux_error: the demuxer's error message when it broke off.
     """
 
     def __init__(self, probe: VideoProbe, chains: Mapping[str, FrameChain]) -> None:
@@ -97,6 +99,7 @@ class ChainDecoder:
         self.bad_packets = 0
         self.last_time_s = 0.0
         self.demux_error: str | None = None
+        self.last_packet_time_s = 0.0
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         with open_container(self.probe.path) as container:
@@ -134,8 +137,13 @@ class ChainDecoder:
                 yield frame
 
     def _decoded_packets(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[list[av.VideoFrame]]:
-        """Frames of each packet; damaged packets are skipped, a demuxer failure ends the stream."""
-        packets = container.demux(stream)
+        """Frames of each video packet; damaged packets are skipped, a demuxer failure ends the stream.
+
+        Every stream is demuxed (only the video is decoded) so that ``last_packet_time_s`` tells where the
+        file's data ends, which checks truncation when only the container declares a duration.
+        """
+        start = (container.start_time or 0) / av.time_base
+        packets = container.demux()
         while True:
             try:
                 packet = next(packets)
@@ -144,6 +152,11 @@ class ChainDecoder:
             except av.FFmpegError as error:  # the container breaks off (truncated file)
                 self.demux_error = str(error)
                 return
+            if packet.pts is not None and packet.time_base:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start
+                self.last_packet_time_s = max(self.last_packet_time_s, end)
+            if packet.stream_index != stream.index:
+                continue
             try:
                 yield packet.decode()
             except av.FFmpegError:

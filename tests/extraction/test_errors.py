@@ -83,3 +83,15 @@ def test_a_bundle_without_an_encoder_names_the_missing_group(tmp_path, video_37s
     assert extractor.missing_groups == ["slowfast"]
     error = _code(lambda: extractor.extract(video_37s))
     assert error.code == "encoder_missing" and error.details == {"groups": ["slowfast"]} and "slowfast" in error.message
+
+
+def test_an_mkv_whose_audio_outlasts_its_video_is_not_called_truncated(extractor, tmp_path):
+    """mkv streams declare no duration; the container's covers the longer audio track."""
+    video = write_video(tmp_path / "v.mkv", seconds=3.0, fps=25)
+    tone = write_audio_only(tmp_path / "t.m4a", seconds=9.0)
+    both = tmp_path / "both.mkv"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video), "-i", str(tone), "-map", "0",
+                    "-map", "1", "-c", "copy", str(both)], check=True, timeout=60)
+    result = extractor.extract(both)
+    assert result.probe.duration_source == "container" and result.probe.duration_s > 8
+    assert result.num_clips == 2  # the frames stop at 3 s: CLIP gives 2 frames (0 s, 2 s), SlowFast 2 clips
