@@ -24,6 +24,36 @@ from .frames import FrameChain, rotation_filters
 from .probe import VideoProbe, open_container, video_stream
 
 DECODER_THREADS = 0  # FFmpeg picks (one per core, frame + slice threading)
+_AVFMT_NOTIMESTAMPS = 0x0080  # libavformat: the format has no timestamps (raw streams)
+
+
+class _DurationEstimate:
+    """A frame's duration as the ffmpeg CLI estimates it (fftools ``video_duration_estimate``).
+
+    It matters at the end: the filter graph's end-of-stream time is the last frame's time plus its
+    duration, which decides how many frames the fps filter emits for the last instant.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream, time_base: Fraction, ts_unreliable: bool) -> None:
+        rate = stream.codec_context.framerate
+        self.codec = max(0, round(1 / (Fraction(rate) * time_base))) if rate else 0
+        self.ts_unreliable = ts_unreliable
+        self.last = 1
+
+    def __call__(self, frame: av.VideoFrame, pts: int, previous: int | None) -> int:
+        given = frame.duration or 0
+        ts_diff = pts - previous if previous is not None else -1
+        if given > 0 and not self.ts_unreliable and not (given == 1 and ts_diff > 2):
+            self.last = given
+        elif self.codec > 0 and self.ts_unreliable:
+            self.last = self.codec
+        elif ts_diff > 0:
+            self.last = ts_diff
+        elif given > 0:
+            self.last = given
+        elif self.codec > 0:
+            self.last = self.codec
+        return self.last
 
 
 class _ChainGraph:
@@ -58,6 +88,8 @@ class ChainDecoder:
         decoded_frames: frames the decoder produced.
         bad_packets: packets the decoder rejected (skipped).
         last_time_s: presentation time of the last decoded frame plus its duration (seconds).
+        last_packet_time_s: end of the last packet of any stream (seconds).
+        demux_error: the demuxer's error message when it broke off.
     """
 
     def __init__(self, probe: VideoProbe, chains: Mapping[str, FrameChain]) -> None:
@@ -67,6 +99,7 @@ class ChainDecoder:
         self.bad_packets = 0
         self.last_time_s = 0.0
         self.demux_error: str | None = None
+        self.last_packet_time_s = 0.0
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         with open_container(self.probe.path) as container:
@@ -83,25 +116,34 @@ class ChainDecoder:
                     yield name, array
 
     def _frames(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
-        """Decoded frames with CLI-like timestamps (start time removed, missing ones filled in)."""
+        """Decoded frames with the CLI's timestamps: start time removed, missing ones filled in, durations set."""
         time_base = stream.time_base or Fraction(1, 90000)
         offset = round(Fraction(container.start_time or 0, av.time_base) / time_base)
-        step = max(1, round(1 / (Fraction(stream.guessed_rate or 25) * time_base)))
+        estimate = _DurationEstimate(stream, time_base, bool(container.format.flags & _AVFMT_NOTIMESTAMPS))
         previous: int | None = None
         for frames in self._decoded_packets(container, stream):
             for frame in frames:
-                pts = frame.pts - offset if frame.pts is not None else (previous + step if previous is not None else 0)
+                if frame.pts is not None:
+                    pts = frame.pts - offset
+                else:
+                    pts = previous + estimate.last if previous is not None else 0
                 if previous is not None and pts <= previous:
                     pts = previous + 1  # the fps filter needs increasing timestamps
+                frame.duration = estimate(frame, pts, previous)
                 frame.pts, frame.time_base = pts, time_base
                 previous = pts
                 self.decoded_frames += 1
-                self.last_time_s = float((pts + (frame.duration or step)) * time_base)
+                self.last_time_s = float((pts + frame.duration) * time_base)
                 yield frame
 
     def _decoded_packets(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[list[av.VideoFrame]]:
-        """Frames of each packet; damaged packets are skipped, a demuxer failure ends the stream."""
-        packets = container.demux(stream)
+        """Frames of each video packet; damaged packets are skipped, a demuxer failure ends the stream.
+
+        Every stream is demuxed (only the video is decoded) so that ``last_packet_time_s`` tells where the
+        file's data ends, which checks truncation when only the container declares a duration.
+        """
+        start = (container.start_time or 0) / av.time_base
+        packets = container.demux()
         while True:
             try:
                 packet = next(packets)
@@ -110,6 +152,11 @@ class ChainDecoder:
             except av.FFmpegError as error:  # the container breaks off (truncated file)
                 self.demux_error = str(error)
                 return
+            if packet.pts is not None and packet.time_base:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start
+                self.last_packet_time_s = max(self.last_packet_time_s, end)
+            if packet.stream_index != stream.index:
+                continue
             try:
                 yield packet.decode()
             except av.FFmpegError:

@@ -150,13 +150,14 @@ class Extractor:
         name = probe.path.name
         if decoder.decoded_frames == 0:
             raise ExtractionError("empty_video", f"{name}: no frame could be decoded", file=name)
-        missing = probe.duration_s - decoder.last_time_s
-        if missing > max(self.clip_length_s, 1.0):
+        # a container-level duration may cover a longer audio track: there, the data of any stream counts
+        end = decoder.last_time_s if probe.duration_source == "stream" else max(decoder.last_time_s, decoder.last_packet_time_s)
+        if probe.duration_s - end > max(self.clip_length_s, 1.0):
             raise ExtractionError(
                 "corrupt_video",
-                f"{name} is truncated or damaged: its frames stop at {decoder.last_time_s:.1f} s of the "
+                f"{name} is truncated or damaged: its data stops at {end:.1f} s of the "
                 f"{probe.duration_s:.1f} s it declares; upload the complete file",
-                file=name, decoded_until_s=round(decoder.last_time_s, 3), duration_s=probe.duration_s,
+                file=name, decoded_until_s=round(end, 3), duration_s=probe.duration_s,
             )
         lengths = {group: len(array) for group, array in features.items()}
         num_clips = min(lengths.values())

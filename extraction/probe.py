@@ -94,7 +94,7 @@ def video_stream(container: av.container.InputContainer, name: str) -> av.video.
     """The first real video stream (cover pictures of audio files do not count)."""
     streams = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
     if not streams:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds = sorted({"cover picture" if s.type == "video" else s.type for s in container.streams}) or ["none"]
         raise ExtractionError(
             "no_video_stream", f"{name} has no video stream (streams: {', '.join(kinds)}); send a video file",
             file=name, streams=kinds,

@@ -77,22 +77,22 @@ def export_image_encoder(hf_dir: str | Path, out_dir: str | Path, opset: int) ->
     )
 
 
-def _reference(hf_dir: Path) -> nn.Module:
-    """The transformers function the gate compares with: get_image_features, or image_embeds."""
+def _reference(hf_dir: Path):
+    """The transformers function the gate compares with, and its name: get_image_features, else image_embeds."""
     if "text" in clip_towers(hf_dir):
         full = CLIPModel.from_pretrained(hf_dir, local_files_only=True).eval()
 
         def features(pixels: torch.Tensor) -> torch.Tensor:
             out = full.get_image_features(pixel_values=pixels)
             return out if isinstance(out, torch.Tensor) else out.pooler_output
-        return features  # type: ignore[return-value]
-    return ImageEmbeds(load_vision_tower(hf_dir))
+        return features, "transformers CLIPModel.get_image_features"
+    return ImageEmbeds(load_vision_tower(hf_dir)), "transformers CLIPVisionModelWithProjection.image_embeds"
 
 
 def check_image_encoder(hf_dir: str | Path, bundle_dir: str | Path, *, atol: float = 1e-4, cases: int = 4) -> dict:
     """ORT ``image_encoder.onnx`` vs transformers on ``cases`` random images, singly and as one batch."""
     hf_dir = Path(hf_dir)
-    reference = _reference(hf_dir)
+    reference, reference_name = _reference(hf_dir)
     session = ort.InferenceSession(str(Path(bundle_dir) / IMAGE_ONNX), providers=["CPUExecutionProvider"])
     size = session.get_inputs()[0].shape[2]
     generator = torch.Generator().manual_seed(1)
@@ -105,4 +105,4 @@ def check_image_encoder(hf_dir: str | Path, bundle_dir: str | Path, *, atol: flo
     diffs = {"single": float(np.abs(singles - expected).max()), "batch": float(np.abs(batch - expected).max())}
     failures = [f"image encoder {name} run differs from transformers by {d:.3g} > {atol:g}" for name, d in diffs.items() if d > atol]
     return {"passed": not failures, "failures": failures, "atol": atol, "cases": cases,
-            "max_abs_diff": max(diffs.values()), "reference": "transformers CLIPModel.get_image_features", **diffs}
+            "max_abs_diff": max(diffs.values()), "reference": reference_name, **diffs}

@@ -52,7 +52,8 @@ def write_video(
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = Fraction(1, 1000)
+        if times_s is not None:  # variable frame rate: millisecond timestamps
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
         if codec == "libx264":
             stream.options = {"preset": "ultrafast"}
         if rotation:
@@ -60,7 +61,10 @@ def write_video(
         sound = out.add_stream("aac", rate=16000) if audio else None
         for i, t in enumerate(times):
             frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
-            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            if times_s is not None:
+                frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            else:
+                frame.pts, frame.time_base = i, Fraction(1, fps)
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
