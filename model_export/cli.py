@@ -73,6 +73,12 @@ def export_parser() -> argparse.ArgumentParser:
         "otherwise one group 'video' of the full width (recorded as 'unknown' in the manifest)",
     )
     parser.add_argument(
+        "--audio-groups", metavar="NAME:DIM,...",
+        help="ordered audio feature groups of a checkpoint trained with audio, e.g. pann:2048 (without TEF). "
+        "Default: one group 'pann' (2048) or 'audio'; official checkpoints have the TEF columns after the audio "
+        "too (a_feat_dim 2050), Lighthouse ones do not (a_feat_dim 2048)",
+    )
+    parser.add_argument(
         "--skip-parity", action="store_true", help="write the bundle without running any gate (not for release)"
     )
     _common_check_flags(parser)
@@ -97,12 +103,13 @@ def verify_parser() -> argparse.ArgumentParser:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from model_export.export import export_bundle, parse_video_groups
+    from model_export.export import export_bundle, parse_audio_groups, parse_video_groups
     from model_export.export.image_encoder import clip_towers
     from model_export.export.parity import Thresholds
     from model_export.slowfast import load_slowfast
 
     groups = parse_video_groups(args.video_groups) if args.video_groups else None
+    audio_groups = parse_audio_groups(args.audio_groups) if args.audio_groups else None
     towers = clip_towers(args.text_encoder) if args.text_encoder else set()
     if args.text_encoder and not towers:
         raise ValueError(f"{args.text_encoder} is not a Hugging Face CLIP directory (config.json model_type)")
@@ -111,7 +118,7 @@ def _run_export(args: argparse.Namespace) -> int:
         opset=args.opset, video_groups=groups, fixtures_dir=args.fixtures, num_random_cases=args.random_cases,
         run_parity=not args.skip_parity, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
         image_encoder_dir=args.text_encoder if "vision" in towers else None,
-        slowfast=load_slowfast(args.slowfast) if args.slowfast else None,
+        slowfast=load_slowfast(args.slowfast) if args.slowfast else None, audio_groups=audio_groups,
     )
     _print_gates(manifest.parity.get("gates", []), manifest.parity.get("skipped", []))
     print(f"bundle written: {args.out} (files: {', '.join(sorted(manifest.files))})")
