@@ -1,6 +1,6 @@
 """``trdetr-export``: write a model bundle from a checkpoint, or verify an existing bundle.
 
-    trdetr-export CHECKPOINT --out BUNDLE_DIR [--fp16] [--clip HF_CLIP_DIR] [--slowfast SLOWFAST_CKPT]
+    trdetr-export CHECKPOINT --out BUNDLE_DIR [--fp16] [--clip HF_CLIP_DIR] [--slowfast SLOWFAST_CKPT] [--pann PTH]
                   [--opset N] [--video-groups slowfast:2304,clip:512] [--fixtures DIR] [--random-cases N]
     trdetr-export verify BUNDLE_DIR [--checkpoint CKPT] [--fixtures DIR] [--clip HF_CLIP_DIR]
                   [--slowfast SLOWFAST_CKPT]
@@ -40,6 +40,11 @@ def _common_check_flags(parser: argparse.ArgumentParser) -> None:
         help="SlowFast 8x8 checkpoint: PySlowFast's SLOWFAST_8x8_R50.pkl (Caffe2, read without running pickle "
         "code) or pytorchvideo's SLOWFAST_8x8_R50.pyth. On export: write slowfast.onnx (video group "
         "'slowfast', 2304-d) and check it against torch",
+    )
+    parser.add_argument(
+        "--pann", type=Path, metavar="PANN_PTH",
+        help="PANN Cnn14 checkpoint (Cnn14_mAP=0.431.pth, zenodo 3987831) of an audio model's features. On export: "
+        "write audio_encoder.onnx (audio group 'pann', 2048-d; log-mel front end inside) and check it against torch",
     )
     parser.add_argument(
         "--random-cases", type=int, default=50, metavar="N",
@@ -106,6 +111,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from model_export.export import export_bundle, parse_audio_groups, parse_video_groups
     from model_export.export.image_encoder import clip_towers
     from model_export.export.parity import Thresholds
+    from model_export.pann import load_pann
     from model_export.slowfast import load_slowfast
 
     groups = parse_video_groups(args.video_groups) if args.video_groups else None
@@ -119,6 +125,7 @@ def _run_export(args: argparse.Namespace) -> int:
         run_parity=not args.skip_parity, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
         image_encoder_dir=args.text_encoder if "vision" in towers else None,
         slowfast=load_slowfast(args.slowfast) if args.slowfast else None, audio_groups=audio_groups,
+        pann=load_pann(args.pann) if args.pann else None,
     )
     _print_gates(manifest.parity.get("gates", []), manifest.parity.get("skipped", []))
     print(f"bundle written: {args.out} (files: {', '.join(sorted(manifest.files))})")
@@ -128,12 +135,14 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_verify(args: argparse.Namespace) -> int:
     from model_export.export import verify_bundle
     from model_export.export.parity import Thresholds, summarize
+    from model_export.pann import load_pann
     from model_export.slowfast import load_slowfast
 
     report = verify_bundle(
         args.bundle, args.checkpoint, args.fixtures, text_encoder_dir=args.text_encoder,
         num_random_cases=args.random_cases, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
         slowfast=load_slowfast(args.slowfast) if args.slowfast else None,
+        pann=load_pann(args.pann) if args.pann else None,
     )
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -159,13 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model_export import CheckpointError
     from model_export.export import ExportError, LayoutError, ParityError, TextEncoderError, VerificationError
     from model_export.export.image_encoder import ImageEncoderError
+    from model_export.pann import PannWeightsError
 
     try:
         return _run_verify(args) if verifying else _run_export(args)
     except (ParityError, VerificationError, ExportError) as error:
         print(f"trdetr-export: FAILED: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except (CheckpointError, LayoutError, TextEncoderError, ImageEncoderError, FileNotFoundError, ValueError) as error:
+    except (CheckpointError, LayoutError, TextEncoderError, ImageEncoderError, PannWeightsError, FileNotFoundError, ValueError) as error:
         print(f"trdetr-export: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -51,15 +51,21 @@ class PannEncoderSpec(_Spec):
         description="Samples per clip (clip_length_s * sample_rate); clip i is samples [i*n, (i+1)*n).",
     )
     last_clip: str = Field(
-        default="the trailing partial clip is zero-padded to clip_samples when it holds at least one sample "
-        "and the video has a clip there; the audio is cut to the video's clip count",
+        default="dropped: floor(samples / clip_samples) clips, as Lighthouse's PANN extractor does; the group "
+        "is then cut with the video groups to the shortest (AUDIO_ALIGNMENT)",
         description="What happens to audio that does not fill a whole clip.",
+    )
+    resampler: str = Field(
+        default="FFmpeg swresample (PyAV AudioResampler, format flt, layout mono, rate sample_rate): the "
+        "channels averaged to mono and resampled; Lighthouse loads with librosa (soxr) instead, which "
+        "differs only by the resampling filter",
+        description="How decoded audio becomes mono float32 at sample_rate.",
     )
     no_audio_track: Literal["zeros", "refuse"] = Field(
         default="zeros",
-        description="A video without an audio track: 'zeros' = the group is all-zero rows (silence is "
-        "not zeros after Cnn14, so the model sees 'no audio' as the official loader's L2 of a zero row: "
-        "zeros), with a note; 'refuse' = the job fails with a message naming why.",
+        description="A video without an audio track: 'zeros' = the group is all-zero rows, one per video "
+        "clip (the official L2 normalisation keeps a zero row zero), and the result carries a note saying "
+        "so; 'refuse' = extraction fails with a message naming why.",
     )
     embedding: str = Field(
         default="Cnn14 'embedding' output: relu(fc1(max_over_time + mean_over_time of conv_block6 averaged "

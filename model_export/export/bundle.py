@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from model_export import load_checkpoint, read_checkpoint
 from model_export.config import TRDETRConfig
+from model_export.pann import LoadedPann
 from model_export.slowfast import LoadedSlowFast
 from trdetr_common.audio_encoders import AUDIO_ALIGNMENT
 from trdetr_common.manifest import (
@@ -43,6 +44,7 @@ from trdetr_common.manifest import (
 )
 from trdetr_common.text import OPENAI_CLIP, QueryTokenizer
 
+from .audio_encoder import AUDIO_ONNX, attach_audio_encoder, check_audio_encoder_runs, check_pann, export_pann
 from .cases import InputSpec
 from .checks import GateRun, build_cases, run_gates
 from .fp16 import convert_to_fp16
@@ -67,7 +69,7 @@ FP32_FILE = "model.onnx"
 FP16_FILE = "model.fp16.onnx"
 PARITY_FILE = "parity.json"
 _BUNDLE_FILES = (MANIFEST_NAME, FP32_FILE, FP16_FILE, "text_encoder.onnx", "tokenizer.json", PARITY_FILE,
-                 IMAGE_ONNX, SLOWFAST_ONNX)
+                 IMAGE_ONNX, SLOWFAST_ONNX, AUDIO_ONNX)
 CLIP_TEXT_EXPECTED = (
     "CLIP ViT-B/32 text transformer (openai/clip-vit-base-patch32): last_hidden_state after the final "
     "layer norm, 512-d per token, not projected (the QVHighlights clip_text_features)"
@@ -109,6 +111,7 @@ def export_bundle(
     image_encoder_dir: Path | None = None,
     slowfast: LoadedSlowFast | None = None,
     audio_groups: Sequence[AudioFeatureGroup] | None = None,
+    pann: LoadedPann | None = None,
 ) -> Manifest:
     """Export ``checkpoint`` into the bundle directory ``out_dir`` and check it.
 
@@ -131,6 +134,8 @@ def export_bundle(
             for group "slowfast".
         audio_groups: ordered audio feature groups of an audio checkpoint; default from its format
             (official: ``pann`` + TEF, Lighthouse: ``pann`` without TEF; see ``layouts.resolve_audio_layout``).
+        pann: a loaded PANN Cnn14 (``model_export.pann.load_pann``); writes audio_encoder.onnx for the audio
+            group "pann" and gates it against torch.
     Returns:
         the written Manifest. Raises ParityError (after writing parity.json) when a gate fails.
     """
@@ -174,6 +179,11 @@ def export_bundle(
     if untrained:
         encoders = [e.model_copy(update={"weights": e.weights.model_copy(update={"untrained": True})}) for e in encoders]
     layout = attach_encoders(layout, encoders)
+    if pann is not None:
+        pann_spec = export_pann(pann, out_dir, opset, config.clip_length)
+        if untrained:
+            pann_spec = pann_spec.model_copy(update={"weights": pann_spec.weights.model_copy(update={"untrained": True})})
+        audio = attach_audio_encoder(audio, pann_spec)
     steps.update()
 
     steps.set_postfix_str("parity" if run_parity else "parity skipped")
@@ -181,7 +191,7 @@ def export_bundle(
     report = _parity_report(
         out_dir, model, config, spec, fp16, text_encoder_dir, fixtures_dir,
         num_random_cases if run_parity else 0, thresholds, run_parity, progress,
-        image_encoder_dir=image_encoder_dir, slowfast=slowfast,
+        image_encoder_dir=image_encoder_dir, slowfast=slowfast, pann=pann,
     )
     steps.update()
     steps.close()
@@ -304,6 +314,7 @@ def _parity_report(
     *,
     image_encoder_dir: Path | None = None,
     slowfast: LoadedSlowFast | None = None,
+    pann: LoadedPann | None = None,
 ) -> dict:
     """Run the model gates (and the text and video encoder checks) and assemble parity.json's content."""
     report: dict = {
@@ -327,6 +338,9 @@ def _parity_report(
         video["image_encoder"] = check_image_encoder(image_encoder_dir, bundle_dir, atol=thresholds.fp32_atol)
     if slowfast:
         video["slowfast"] = check_slowfast(slowfast.model, bundle_dir, atol=thresholds.fp32_atol)
+    if pann:
+        samples = round(config.clip_length * pann.model.config.sample_rate)
+        video["audio_encoder"] = check_pann(pann.model, bundle_dir, samples, atol=thresholds.fp32_atol)
     return _finish_report(report, run, text, video)
 
 
@@ -378,6 +392,7 @@ def verify_bundle(
     thresholds: Thresholds | None = None,
     progress: bool = False,
     slowfast: LoadedSlowFast | None = None,
+    pann: LoadedPann | None = None,
 ) -> dict:
     """Re-check an existing bundle; returns the report, raises on any failure.
 
@@ -427,6 +442,12 @@ def verify_bundle(
         video["image_encoder"] = check_image_encoder(text_encoder_dir, bundle_dir, atol=thresholds.fp32_atol)
     if slowfast is not None and (bundle_dir / SLOWFAST_ONNX).is_file():
         video["slowfast_parity"] = check_slowfast(slowfast.model, bundle_dir, atol=thresholds.fp32_atol)
+    for group in pre.audio_groups:
+        if group.encoder is not None:
+            video[group.name] = check_audio_encoder_runs(bundle_dir, group.encoder, group.dim)
+            if pann is not None:
+                video["audio_encoder_parity"] = check_pann(pann.model, bundle_dir, group.encoder.clip_samples,
+                                                           atol=thresholds.fp32_atol)
     report = {"bundle": str(bundle_dir), "ran": True, "files_verified": sorted(manifest.files),
               "environment": _environment(), "thresholds": asdict(thresholds),
               "num_random_cases": num_random_cases}
