@@ -96,9 +96,9 @@ class Ingest:
         if self.missing_groups:
             raise ServiceError(
                 409, "encoder_missing",
-                f"This model bundle has no encoder for the video feature group(s) {self.missing_groups}, so it "
+                f"This model bundle has no encoder for the feature group(s) {self.missing_groups}, so it "
                 "cannot extract features from a video file. Upload features instead (PUT "
-                "/v1/videos/{video_id}/features), or serve a bundle exported with its encoders.",
+                "/v1/videos/{video_id}/features), or serve a bundle exported with its encoders (--pann for audio).",
                 {"missing_groups": self.missing_groups})
 
     async def _check_queue_room(self) -> None:

@@ -145,3 +145,11 @@ async def test_video_only_bundle_refuses_an_audio_group(client, make_settings):
         "video": {"format": "npz", "data_b64": b64(npz_bytes(**groups, pann=audio))},
         "queries": [{"features_b64": b64(npy_bytes(random_text(pre, 3, 1)))}]})
     assert inline.status_code == 422 and "takes no audio" in inline.json()["error"]["message"]
+
+
+async def test_a_video_file_on_an_audio_bundle_without_its_encoders_is_refused_naming_them(audio_client):
+    put = await audio_client.put("/v1/videos/aud-file/video", content=b"\x00" * 64,
+                                 headers={"Content-Type": "video/mp4"})
+    assert put.status_code == 409, put.text
+    error = put.json()["error"]
+    assert error["code"] == "encoder_missing" and error["details"]["missing_groups"] == ["slowfast", "clip", "pann"]
