@@ -65,3 +65,23 @@ def test_the_flag_beats_recorded_groups():
 def test_recorded_groups_that_do_not_fit_are_refused(recorded):
     with pytest.raises(LayoutError):
         resolve_video_layout("official", 34, True, recorded=recorded)
+
+
+def test_audio_layouts_official_has_tef_after_the_audio_lighthouse_not():
+    from model_export.export.layouts import resolve_audio_layout
+
+    assert resolve_audio_layout("official", None, True) is None
+    official = resolve_audio_layout("official", 2050, True)
+    assert [(g.name, g.dim) for g in official.groups] == [("pann", 2048)] and official.tef
+    lighthouse = resolve_audio_layout("lighthouse", 2048, True)
+    assert [(g.name, g.dim) for g in lighthouse.groups] == [("pann", 2048)] and not lighthouse.tef
+    assert not resolve_audio_layout("official", 2048, False).tef  # no TEF at all without use_tef
+    assert resolve_audio_layout("official", 14, True).groups[0].name == "audio"
+
+
+def test_audio_groups_that_do_not_add_up_are_refused():
+    from model_export.export.layouts import parse_audio_groups, resolve_audio_layout
+
+    with pytest.raises(LayoutError, match="add up to 2048 .* 2046 wide"):
+        resolve_audio_layout("official", 2048, True, parse_audio_groups("pann:2048"))
+    assert resolve_audio_layout("trdetr-service", 12, True, recorded=[["vggish", 10]]).source == "checkpoint"
