@@ -24,6 +24,8 @@ from .audio_checkpoints import (
     write_official_audio_checkpoint,
 )
 
+pytestmark = pytest.mark.slow  # each module exports ONNX graphs
+
 CASES = 4
 
 

@@ -25,6 +25,8 @@ from trdetr_common.manifest import Manifest
 
 from .audio_checkpoints import AUDIO_DIM, VIDEO_GROUPS, write_official_audio_checkpoint
 
+pytestmark = pytest.mark.slow  # each module exports ONNX graphs
+
 TINY = Cnn14Config(channels=(4, 4, 8, 8, 8, AUDIO_DIM))
 
 
