@@ -18,6 +18,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app, load_bundle
+from service.http_protocol import limited_protocol
 from service.inference.bundle import BundleError
 from service.inference.session import ProviderError
 from service.settings import Settings
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     uvicorn.run(
         create_app(settings, bundle), host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        http=limited_protocol(settings.header_timeout_s, settings.max_connections),
         access_log=settings.log_level == "debug",  # per-request lines only when debugging; /metrics counts them
     )
 

@@ -231,6 +231,15 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Bind address of trdetr-serve.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of trdetr-serve.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds a connection may take to send a request's line and headers (from "
+        "opening, or from the previous response on a kept-alive connection); slower -> 408 `header_timeout` and "
+        "the connection is closed (slowloris)."
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="Open connections one server process accepts; one more gets 503 "
+        "`too_many_connections` and is closed at once."
+    )
     graceful_shutdown_s: int = Field(
         default=20, ge=0, description="Seconds uvicorn waits for in-flight requests on shutdown, and a stopping "
         "ingestion worker lets its job run before giving it back to the queue."
