@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.evaluation import EvaluationError, evaluate, validate_annotation, validate_prediction
+from trdetr_common.cli import HelpFormatter, exits_quietly_on_broken_pipe
 
 __all__ = ["main", "read_records"]
 
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trdetr-eval",
         description="QVHighlights moment retrieval and highlight detection metrics (official definitions).",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("predictions", type=Path, help="prediction jsonl (qid, pred_relevant_windows, ...)")
     parser.add_argument("annotations", type=Path, help="annotation jsonl, e.g. highlight_val_release.jsonl")
@@ -74,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exits_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 bad input, 2 bad usage)."""
+    """Run the CLI; returns the exit status (0 ok, 1 bad input, 2 bad usage, 141 stdout closed early)."""
     args = _parser().parse_args(argv)
     try:
         predictions = read_records(args.predictions, validate_prediction)
