@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate the qids present in both files instead of requiring the same qids",
     )
+    parser.add_argument(
+        "--max-v-l", type=int, default=None, metavar="N",
+        help="the predictions were made on videos cut to their first N clips (trdetr-predict --max-v-l N): "
+        "N saliency scores are then accepted for longer videos. Default: one score per clip of every video",
+    )
     return parser
 
 
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 highlights="pred_saliency_scores" in first,
             ),
         )
-        metrics = evaluate(predictions, annotations, match_number=not args.shared_qids_only)
+        metrics = evaluate(predictions, annotations, match_number=not args.shared_qids_only,
+                           max_clips=args.max_v_l)
     except EvaluationError as error:
         print(f"trdetr-eval: error: {error}", file=sys.stderr)
         return 1

@@ -176,7 +176,7 @@ class Trainer:
         rows = predict(backend, self.val_set, self.config.eval_bsz, progress=self.config.progress)
         self.model.train()
         self._last_predictions = rows
-        return evaluate(rows, self.val_set.records)
+        return evaluate(rows, self.val_set.records, max_clips=self.val_set.config.max_v_l)
 
     def _maybe_evaluate(self, epoch: int) -> None:
         if self.val_set is None or (epoch + 1) % self.config.eval_every:
