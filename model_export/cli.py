@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trdetr_common.cli import HelpFormatter, exits_quietly_on_broken_pipe
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -43,16 +45,16 @@ def _common_check_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--random-cases", type=int, default=50, metavar="N",
-        help="random input batches for the parity gates (default 50: edge shapes of 1 clip, 1 token, 75 and "
-        "150 clips and padded mixed batches, then random batch sizes and lengths)",
+        help="random input batches for the parity gates: edge shapes of 1 clip, 1 token, 75 and 150 clips "
+        "and padded mixed batches, then random batch sizes and lengths",
     )
-    parser.add_argument("--atol", type=float, default=1e-4, help="fp32 gate: max abs difference (default 1e-4)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="fp32 gate: max abs difference")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trdetr-export",
+        prog="trdetr-export", formatter_class=HelpFormatter,
         description="Export a TR-DETR checkpoint to an ONNX model bundle (model.onnx, manifest.json, "
         "parity.json, optionally model.fp16.onnx, text_encoder.onnx, tokenizer.json) and run the parity "
         "gates; exits 1 naming the failing output, case and difference when a gate fails. "
@@ -81,7 +83,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trdetr-export verify",
+        prog="trdetr-export verify", formatter_class=HelpFormatter,
         description="Re-check an existing bundle: manifest schema, sha256 of every file, graph inputs/outputs, "
         "then the parity gates (torch vs ORT with --checkpoint, the official outputs with --fixtures, the fp16 "
         "graph against the fp32 graph otherwise). Exits 1 on any failure.",
@@ -143,6 +145,26 @@ def _print_gates(gates: list[dict], skipped: list[str]) -> None:
         print(f"[SKIP] {note}")
 
 
+def _check_paths(args: argparse.Namespace, verifying: bool) -> None:
+    """Say what to fix when a path argument is of the wrong kind (before anything is loaded).
+
+    Raises:
+        ValueError: a checkpoint that is a directory (or a bundle that is a file), or a missing input.
+    """
+    checkpoint = args.checkpoint
+    if checkpoint is not None and checkpoint.is_dir():
+        is_bundle = (checkpoint / "manifest.json").exists()
+        hint = "; to re-check a bundle directory: trdetr-export verify BUNDLE_DIR" if is_bundle else ""
+        raise ValueError(f"checkpoint {checkpoint} is a directory: give the checkpoint file (.ckpt/.pth){hint}")
+    if checkpoint is not None and not checkpoint.exists():
+        raise ValueError(f"checkpoint {checkpoint}: no such file")
+    if verifying and not args.bundle.is_dir():
+        raise ValueError(f"bundle {args.bundle} is not a directory (give the folder written by trdetr-export)")
+    if not verifying and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: give a directory for the bundle")
+
+
+@exits_quietly_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trdetr-export``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -154,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model_export.export.image_encoder import ImageEncoderError
 
     try:
+        _check_paths(args, verifying)
         return _run_verify(args) if verifying else _run_export(args)
     except (ParityError, VerificationError, ExportError) as error:
         print(f"trdetr-export: FAILED: {error}", file=sys.stderr)

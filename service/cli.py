@@ -22,6 +22,7 @@ from service.http_protocol import limited_protocol
 from service.inference.bundle import BundleError
 from service.inference.session import ProviderError
 from service.settings import Settings
+from trdetr_common.cli import HelpFormatter
 
 log = logging.getLogger("trdetr-serve")
 
@@ -43,13 +44,16 @@ def _settings(overrides: dict[str, object]) -> Settings:
         _fail(f"invalid setting ({problems}); see the configuration table in README.md")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Start uvicorn on ``TRDETR_HOST:TRDETR_PORT`` (overridable with --host/--port)."""
-    parser = argparse.ArgumentParser(prog="trdetr-serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trdetr-serve", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--host", help="bind address (default: TRDETR_HOST)")
     parser.add_argument("--port", type=int, help="port (default: TRDETR_PORT)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start uvicorn on ``TRDETR_HOST:TRDETR_PORT`` (overridable with --host/--port)."""
+    args = build_parser().parse_args(argv)
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = _settings(overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
