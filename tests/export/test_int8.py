@@ -81,3 +81,13 @@ def test_calibration_batches_are_single_rows_trimmed_to_their_lengths():
     assert len(batches) == 3
     assert batches[1]["src_vid"].shape == (1, 4, 4) and batches[1]["src_txt"].shape == (1, 1, 4)
     assert batches[0]["src_vid_mask"].shape == (1, 6)
+
+
+def test_cli_refuses_int8_data_without_int8_and_half_given_data(tmp_path, capsys):
+    from model_export.cli import EXIT_USAGE, main
+
+    ckpt = tmp_path / "none.ckpt"
+    assert main([str(ckpt), "--out", str(tmp_path / "b"), "--int8-data", str(tmp_path / "a.jsonl")]) == EXIT_USAGE
+    assert "add --int8" in capsys.readouterr().err
+    code = main([str(ckpt), "--out", str(tmp_path / "b"), "--int8", "--int8-data", str(tmp_path / "a.jsonl")])
+    assert code == EXIT_USAGE and "--int8-t-feat-dir" in capsys.readouterr().err
