@@ -48,6 +48,15 @@ def _common_check_flags(parser: argparse.ArgumentParser) -> None:
         help="random input batches for the parity gates: edge shapes of 1 clip, 1 token, 75 and 150 clips "
         "and padded mixed batches, then random batch sizes and lengths",
     )
+    parser.add_argument(
+        "--int8-data", type=Path, metavar="JSONL",
+        help="labelled QVHighlights-format annotation file in the model's feature layout (with --int8-v-feat-dirs "
+        "and --int8-t-feat-dir): every 4th row calibrates the int8 graph, the others gate it (top-1 moment, "
+        "saliency Spearman, and R1@0.5 within 1 point of fp32)",
+    )
+    parser.add_argument("--int8-v-feat-dirs", type=Path, nargs="+", metavar="DIR",
+                        help="video feature folders of --int8-data, in the model's group order")
+    parser.add_argument("--int8-t-feat-dir", type=Path, metavar="DIR", help="text feature folder of --int8-data")
     parser.add_argument("--atol", type=float, default=1e-4, help="fp32 gate: max abs difference")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -66,6 +75,16 @@ def export_parser() -> argparse.ArgumentParser:
         "--fp16", action="store_true",
         help="also write model.fp16.onnx: fp16 weights and compute, float32 inputs/outputs, LayerNorm, Softmax, "
         "inverse sigmoid (Log) and GRU kept in fp32; gated on top-1 moment, span IoU and saliency rank",
+    )
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="also write model.int8.onnx for the CPU: int8 per-channel weights in every weight MatMul, float32 I/O; "
+        "gated on top-1 moment (decisive rows), saliency Spearman and, with --int8-data, R1@0.5",
+    )
+    parser.add_argument(
+        "--int8-mode", choices=("static", "dynamic"), default="static",
+        help="static: QDQ with activation ranges calibrated on real-distribution inputs (default); dynamic: "
+        "activation ranges per run, no calibration",
     )
     parser.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 18)")
     parser.add_argument(
@@ -104,6 +123,8 @@ def _run_export(args: argparse.Namespace) -> int:
     from model_export.export.parity import Thresholds
     from model_export.slowfast import load_slowfast
 
+    if args.int8_data is not None and not args.int8:
+        raise ValueError("--int8-data calibrates and gates the int8 graph: add --int8")
     groups = parse_video_groups(args.video_groups) if args.video_groups else None
     towers = clip_towers(args.text_encoder) if args.text_encoder else set()
     if args.text_encoder and not towers:
@@ -114,6 +135,7 @@ def _run_export(args: argparse.Namespace) -> int:
         run_parity=not args.skip_parity, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
         image_encoder_dir=args.text_encoder if "vision" in towers else None,
         slowfast=load_slowfast(args.slowfast) if args.slowfast else None,
+        int8=args.int8, int8_mode=args.int8_mode, int8_data=_int8_data(args),
     )
     _print_gates(manifest.parity.get("gates", []), manifest.parity.get("skipped", []))
     print(f"bundle written: {args.out} (files: {', '.join(sorted(manifest.files))})")
@@ -128,13 +150,25 @@ def _run_verify(args: argparse.Namespace) -> int:
     report = verify_bundle(
         args.bundle, args.checkpoint, args.fixtures, text_encoder_dir=args.text_encoder,
         num_random_cases=args.random_cases, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
-        slowfast=load_slowfast(args.slowfast) if args.slowfast else None,
+        slowfast=load_slowfast(args.slowfast) if args.slowfast else None, int8_data=_int8_data(args),
     )
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
     _print_gates(summarize(report["gates"])["gates"], report["skipped"])
     print(f"bundle verified: {args.bundle}")
     return 0
+
+
+def _int8_data(args: argparse.Namespace):
+    """--int8-data and its feature folders as a training.dataset.DatasetConfig (None without --int8-data)."""
+    if args.int8_data is None:
+        return None
+    if not args.int8_v_feat_dirs or args.int8_t_feat_dir is None:
+        raise ValueError("--int8-data needs --int8-v-feat-dirs DIR [DIR ...] and --int8-t-feat-dir DIR")
+    from training.dataset import DatasetConfig
+
+    return DatasetConfig(annotation_path=args.int8_data, v_feat_dirs=tuple(args.int8_v_feat_dirs),
+                         t_feat_dir=args.int8_t_feat_dir, max_v_l=None)
 
 
 def _print_gates(gates: list[dict], skipped: list[str]) -> None:

@@ -217,7 +217,8 @@ class ModelInfo(BaseModel):
     created_at: str
     untrained: bool = Field(description="True for demo bundles with random weights: answers are meaningless.")
     source_checkpoint: dict
-    precision: str
+    precision: str = Field(description="Which of the bundle's graphs runs: fp32, fp16 or int8 (TRDETR_PRECISION).")
+    model_file: str = Field(description="The bundle's ONNX file of that graph, e.g. model.int8.onnx.")
     providers: list[str] = Field(description="ONNX Runtime execution providers actually active.")
     text_encoder: bool = Field(description="Whether text queries are accepted.")
     text_features_expected: str

@@ -32,8 +32,10 @@ class Settings(BaseSettings):
         default=DEFAULT_BUNDLE_DIR,
         description="Model bundle written by trdetr-export (defaults to the untrained demo bundle).",
     )
-    precision: Literal["fp32", "fp16"] = Field(
-        default="fp32", description="Which ONNX graph of the bundle to run (fp16 needs model.fp16.onnx)."
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32",
+        description="Which ONNX graph of the bundle to run (fp16 needs model.fp16.onnx, int8 needs model.int8.onnx, "
+        "a CPU graph written by trdetr-export --int8).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
