@@ -62,6 +62,15 @@ class Metrics:
         self.queue_depth = Gauge(
             "trdetr_inference_queue_depth", "Requests waiting in the batching queue now.", registry=r
         )
+        self.text_cache = Counter(
+            "trdetr_text_cache_requests_total", "Query texts by where their encoding came from: hit (LRU of "
+            "encoded queries), in_flight (already being encoded for another request) or miss (encoded).",
+            ["result"], registry=r,
+        )
+        self.text_batch_size = Histogram(
+            "trdetr_text_encode_batch_size", "Query texts per text-encoder run (across concurrent requests).",
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
         self.cache = Counter(
             "trdetr_cache_requests_total", "Feature cache operations by operation and result (hit, miss, "
             "stored, deleted, error).", ["op", "result"], registry=r,

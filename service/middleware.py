@@ -13,6 +13,8 @@ from service.metrics import Metrics
 
 VIDEO_UPLOAD_PATH = re.compile(r"^/v1/videos/[^/]+/video$")
 """``PUT`` here uploads a video file (streamed to disk, never held in memory): ``TRDETR_MAX_VIDEO_BYTES``."""
+KSERVE_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+"""``POST`` here carries raw model tensors (a batch of full videos): ``TRDETR_MAX_BODY_BYTES``."""
 UPLOAD_PATH_PREFIX = "/v1/videos/"
 """``PUT`` requests under this path upload files and get ``TRDETR_MAX_BODY_BYTES``; every other body
 (JSON) gets the smaller ``TRDETR_MAX_JSON_BODY_BYTES``."""
@@ -26,7 +28,8 @@ class BodyLimitMiddleware:
     """Refuse bodies over their limit: at once from Content-Length, else while streaming.
 
     Video uploads (``PUT /v1/videos/{id}/video``, streamed to disk) may be up to ``max_video_bytes``;
-    other uploads (``PUT /v1/videos/...``) up to ``max_upload_bytes``; any other body (JSON) up to
+    other uploads (``PUT /v1/videos/...``) and KServe v2 tensors (``POST /v2/models/{name}/infer``) up to
+    ``max_upload_bytes``; any other body (JSON) up to
     ``max_json_bytes``, so a search request can never be as large as a feature file.
     """
 
@@ -41,7 +44,8 @@ class BodyLimitMiddleware:
     def _limit(self, scope: Scope) -> tuple[int, str]:
         if scope["method"] == "PUT" and VIDEO_UPLOAD_PATH.match(scope["path"]):
             return self.max_video_bytes, "TRDETR_MAX_VIDEO_BYTES"
-        if scope["method"] == "PUT" and scope["path"].startswith(UPLOAD_PATH_PREFIX):
+        if (scope["method"] == "PUT" and scope["path"].startswith(UPLOAD_PATH_PREFIX)) or (
+                scope["method"] == "POST" and KSERVE_INFER_PATH.match(scope["path"])):
             return self.max_upload_bytes, "TRDETR_MAX_BODY_BYTES"
         return self.max_json_bytes, "TRDETR_MAX_JSON_BODY_BYTES"
 
@@ -54,7 +58,8 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             self.metrics.rejected.labels("payload_too_large").inc()
             response = error_response(413, "payload_too_large", _too_large_message(limit, setting),
-                                      {"max_body_bytes": limit, "setting": setting}, {"Connection": "close"})
+                                      {"max_body_bytes": limit, "setting": setting}, {"Connection": "close"},
+                                      path=scope["path"])
             await response(scope, receive, send)
             return
         received = 0
