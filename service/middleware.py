@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
 from service.metrics import Metrics
+from service.timing import start_request
 
 VIDEO_UPLOAD_PATH = re.compile(r"^/v1/videos/[^/]+/video$")
 """``PUT`` here uploads a video file (streamed to disk, never held in memory): ``TRDETR_MAX_VIDEO_BYTES``."""
@@ -77,7 +77,8 @@ class BodyLimitMiddleware:
 
 
 class MetricsMiddleware:
-    """Count requests by route template, method and status, and time them."""
+    """Count requests by route template, method and status, and time them; for requests that ran the model,
+    the ``Server-Timing`` header and the in-app overhead (:mod:`service.timing`)."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
@@ -87,13 +88,16 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        timing = start_request()
         status = 500
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if timing.model_runs:
+                    message["headers"] = [*message.get("headers", []), (b"server-timing", timing.server_timing())]
+                    self.metrics.overhead.observe(timing.elapsed_s() - timing.model_s)
             await send(message)
 
         try:
@@ -103,4 +107,4 @@ class MetricsMiddleware:
             template = getattr(route, "path", None) or "<unmatched>"
             method = scope["method"]
             self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(template, method).observe(timing.elapsed_s())
