@@ -261,9 +261,19 @@ class ErrorResponse(BaseModel):
     )
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for these statuses, all with the :class:`ErrorResponse` shape."""
-    return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
+class KServeErrorResponse(BaseModel):
+    """Errors under ``/v2``: the KServe v2 protocol's ``{"error": message}``, with the code and details beside."""
+
+    error: str = Field(description="What went wrong and what to fix.")
+    code: str = Field(description="Stable machine-readable error code (see service/README.md).")
+    details: dict[str, Any] = Field(default_factory=dict, description="Structured context; always an object.")
+
+
+def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these statuses, with the :class:`ErrorResponse` shape (``kserve``:
+    :class:`KServeErrorResponse`)."""
+    model = KServeErrorResponse if kserve else ErrorResponse
+    return {status: {"model": model, "description": ERROR_MEANINGS[status]} for status in statuses}
 
 
 ERROR_MEANINGS = {

@@ -63,6 +63,23 @@ class Settings(BaseSettings):
         "work that would wait longer than this for inference is refused up front (429).",
     )
 
+    # --- text queries ----------------------------------------------------------------------
+    text_cache_entries: int = Field(
+        default=2048, ge=0,
+        description="Encoded query texts each replica keeps (LRU keyed by the normalised text and the encoder's "
+        "hash; 0 disables). Each costs L x text_dim x 4 bytes: 20 KB for 10 CLIP tokens, 64 KB at most.",
+    )
+    text_max_batch_size: int = Field(
+        default=64, ge=1, description="Most query texts in one text-encoder run (texts of concurrent requests "
+        "are batched together).",
+    )
+
+    # --- KServe v2 / Open Inference Protocol ------------------------------------------------
+    kserve_model_name: str = Field(
+        default="trdetr", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Model name of the KServe v2 endpoints (/v2/models/{name}/infer, metadata, readiness).",
+    )
+
     # --- long videos -------------------------------------------------------------------------
     window_stride: float = Field(
         default=DEFAULT_STRIDE_FRACTION, gt=0, le=1,

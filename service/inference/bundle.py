@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Literal
@@ -47,7 +48,16 @@ class ModelBundle:
         self.text_encoder: TextEncoder | None = None
         spec = self.pre.text_encoder
         if spec.onnx_file and spec.tokenizer_file:
-            self.text_encoder = TextEncoder(self.dir, self.pre, OnnxModel(self.dir / spec.onnx_file, **threads))
+            self.text_encoder = TextEncoder(self.dir, self.pre, OnnxModel(self.dir / spec.onnx_file, **threads),
+                                            identity=self._text_identity())
+
+    def _text_identity(self) -> str:
+        """sha256 over what decides a query's encoding: encoder and tokenizer files, cleaning, token selection."""
+        spec, files = self.pre.text_encoder, self.manifest.files
+        parts = [files[spec.onnx_file].sha256 if spec.onnx_file in files else spec.onnx_file,
+                 files[spec.tokenizer_file].sha256 if spec.tokenizer_file in files else spec.tokenizer_file,
+                 spec.text_cleaning, str(self.pre.max_text_tokens), str(self.pre.l2_normalize_text)]
+        return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
 
     def _model_file(self, precision: str) -> str:
         """The bundle's graph file for ``precision``; BundleError when the bundle has none."""
