@@ -157,6 +157,24 @@ class Settings(BaseSettings):
         description="With API keys set, serve /docs, /redoc and /openapi.json without a key too.",
     )
 
+    # --- search across videos (POST /v1/search) ------------------------------------------------
+    search_candidates: int = Field(
+        default=300, ge=1,
+        description="POST /v1/search: above this many videos in scope, stage 1 (CLIP text vs. each video's CLIP "
+        "summary in a vector index) picks this many candidates for TR-DETR; at or below it every video is searched.",
+    )
+    search_exhaustive_limit: int = Field(
+        default=1000, ge=1,
+        description="Most videos TR-DETR searches in one POST /v1/search when stage 1 cannot run (the bundle has no "
+        "CLIP feature group or no text projection); the response says when it cut the scope.",
+    )
+    search_max_video_ids: int = Field(
+        default=1000, ge=1, description="Most video_ids one POST /v1/search may name (422 beyond)."
+    )
+    search_cursor_ttl_s: int = Field(
+        default=600, ge=1, description="How long the next pages of a POST /v1/search stay available to its cursor."
+    )
+
     # --- video ingestion (PUT /v1/videos/{id}/video, jobs, workers) ----------------------------
     max_video_bytes: int = Field(
         default=2 * 1024**3, ge=1024,
