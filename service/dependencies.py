@@ -23,7 +23,6 @@ from trdetr_common.windows import WindowPlan, plan_windows, stride_for
 
 if TYPE_CHECKING:
     from service.ingest import Ingest
-    from service.search_index import SearchIndex
 
 
 def clip_limit(settings: Settings, pre: PreprocessingContract) -> int:
@@ -46,7 +45,6 @@ class Runtime:
     batcher: DynamicBatcher | None = None
     embedded_redis: EmbeddedRedis | None = None
     ingest: Ingest | None = None
-    search_index: SearchIndex | None = None
     workers: WorkerPools = field(init=False)
     ready: bool = False
     startup_notes: list[str] = field(default_factory=list)

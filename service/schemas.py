@@ -252,11 +252,12 @@ class CollectionSearchResponse(BaseModel):
     results: list[SearchHit] = Field(description="Best first across videos; at most per_video_k of one video.")
     next_cursor: str | None = Field(description="Send the same request with this cursor for the next page.")
     searched_videos: int = Field(description="Stored videos in scope (the collection, or the given ids found).")
-    candidate_videos: int = Field(description="Videos TR-DETR ran on (stage 1 picks them when there are many).")
-    stage1: Literal["none", "vector_index", "exhaustive_limit"] = Field(
-        description="none: every video in scope was searched by TR-DETR; vector_index: the candidates were "
-        "picked by CLIP similarity (TRDETR_SEARCH_CANDIDATES); exhaustive_limit: this bundle cannot rank videos "
-        "by CLIP similarity, so only the first TRDETR_SEARCH_EXHAUSTIVE_LIMIT videos were searched.")
+    candidate_videos: int = Field(description="Videos TR-DETR ran on (fewer than searched_videos when the scope was "
+                                  "cut at TRDETR_SEARCH_EXHAUSTIVE_LIMIT).")
+    stage1: Literal["none", "exhaustive_limit"] = Field(
+        description="none: every video in scope was searched by TR-DETR; exhaustive_limit: the scope was larger "
+        "than TRDETR_SEARCH_EXHAUSTIVE_LIMIT and no stage-1 candidate index exists yet, so only its first "
+        "TRDETR_SEARCH_EXHAUSTIVE_LIMIT videos (in the order they were stored) were searched.")
     notes: list[str] = Field(default_factory=list, description="What limited this search, if anything.")
 
     model_config = ConfigDict(json_schema_extra={"examples": [

@@ -6,9 +6,8 @@ Runtime runs, and a video's moments are exactly what ``POST /v1/moments`` answer
 ``nms_iou`` / ``min_score``, ``top_k`` = ``per_video_k``). At most ``TRDETR_MAX_BATCH_SIZE`` videos are
 loaded and in flight at once, so memory stays bounded whatever the collection's size.
 
-Stage 1 (:mod:`service.search_index`) picks the candidates when more than ``TRDETR_SEARCH_CANDIDATES``
-videos are in scope; without it (a bundle without CLIP group or text projection) the first
-``TRDETR_SEARCH_EXHAUSTIVE_LIMIT`` videos in insertion order are searched and the response says so.
+Stage 1 (picking candidates by CLIP similarity in a vector index) is not built yet: a scope larger than
+``TRDETR_SEARCH_EXHAUSTIVE_LIMIT`` is cut to its first videos in insertion order, and the response says so.
 
 The ranking (at most :data:`MAX_RANKED` moments) is kept in Redis for ``TRDETR_SEARCH_CURSOR_TTL_S``
 under the tenant's key base; a cursor names it and an offset, so later pages are consistent with the
@@ -133,16 +132,11 @@ async def rank(runtime: Runtime, body: CollectionSearchRequest, store: TenantSto
     ids, (text,) = await asyncio.gather(scope(body, store), _encode_queries(runtime, [query]))
     settings, notes = runtime.settings, []
     stage1, candidates = "none", ids
-    if len(ids) > settings.search_candidates:
-        index = runtime.search_index
-        if index is not None and index.usable:
-            candidates = await index.candidates(store, query, ids, settings.search_candidates)
-            stage1 = "vector_index"
-        elif len(ids) > settings.search_exhaustive_limit:
-            reason = index.unusable_reason if index is not None else "no stage-1 index is configured"
-            candidates, stage1 = ids[:settings.search_exhaustive_limit], "exhaustive_limit"
-            notes.append(f"Only the first {len(candidates)} of {len(ids)} videos (in the order they were stored) "
-                         f"were searched (TRDETR_SEARCH_EXHAUSTIVE_LIMIT): {reason}.")
+    if len(ids) > settings.search_exhaustive_limit:
+        # stage 1 (CLIP similarity in a vector index) does not exist yet: search exhaustively up to the limit
+        candidates, stage1 = ids[:settings.search_exhaustive_limit], "exhaustive_limit"
+        notes.append(f"Only the first {len(candidates)} of {len(ids)} videos (in the order they were stored) were "
+                     "searched (TRDETR_SEARCH_EXHAUSTIVE_LIMIT): this service has no stage-1 candidate index yet.")
     hits, found = await run_stage2(runtime, body, store, text, candidates)
     searched = len(ids) - (len(candidates) - found)
     return Ranking(hits, searched, found, stage1, notes)

@@ -158,15 +158,10 @@ class Settings(BaseSettings):
     )
 
     # --- search across videos (POST /v1/search) ------------------------------------------------
-    search_candidates: int = Field(
-        default=300, ge=1,
-        description="POST /v1/search: above this many videos in scope, stage 1 (CLIP text vs. each video's CLIP "
-        "summary in a vector index) picks this many candidates for TR-DETR; at or below it every video is searched.",
-    )
     search_exhaustive_limit: int = Field(
         default=1000, ge=1,
-        description="Most videos TR-DETR searches in one POST /v1/search when stage 1 cannot run (the bundle has no "
-        "CLIP feature group or no text projection); the response says when it cut the scope.",
+        description="Most videos TR-DETR searches in one POST /v1/search (there is no stage-1 candidate index yet); "
+        "a larger scope is cut to its first videos in insertion order and the response says so.",
     )
     search_max_video_ids: int = Field(
         default=1000, ge=1, description="Most video_ids one POST /v1/search may name (422 beyond)."

@@ -21,8 +21,8 @@ async def search_videos(body: CollectionSearchRequest, runtime: ReadyRuntimeDep,
     """Moments `{video_id, start, end, score}` of one query over a collection's videos (or `video_ids`), best
     first across videos, at most `per_video_k` of one video. A video's moments and scores are what
     `POST /v1/moments` answers for it. `next_cursor` pages through the same ranking (send the same request
-    with it). Above `TRDETR_SEARCH_CANDIDATES` videos, stage 1 picks the candidates TR-DETR runs on
-    (`stage1`, `candidate_videos`). Deleted or expired videos drop out.
+    with it). A scope over `TRDETR_SEARCH_EXHAUSTIVE_LIMIT` videos is cut to its first ones and the answer says
+    so (`stage1`, `notes`, `candidate_videos`). Deleted or expired videos drop out.
     """
     answer = await search(runtime, body, store)
     return Response(answer.model_dump_json(), media_type="application/json")

@@ -90,12 +90,15 @@ async def test_errors_name_what_to_fix(make_settings, key_prefix, pre):
         assert text.status_code == 422 and text.json()["error"]["code"] == "text_encoder_missing"
 
 
-async def test_without_stage_one_the_scope_is_cut_and_the_response_says_so(make_settings, key_prefix, pre):
-    settings = make_settings(redis_key_prefix=f"{key_prefix}:searchcut{time.monotonic_ns()}", search_candidates=2,
+async def test_a_scope_over_the_exhaustive_limit_is_cut_and_the_response_says_so(make_settings, key_prefix, pre):
+    settings = make_settings(redis_key_prefix=f"{key_prefix}:searchcut{time.monotonic_ns()}",
                              search_exhaustive_limit=3)
     async with serve(settings) as app:
         await store_all(app, pre)
         answer = (await app.post("/v1/search", json={"query": query(pre), "collection": "set", "top_k": 50})).json()
         assert answer["stage1"] == "exhaustive_limit" and answer["candidate_videos"] == 3
         assert answer["searched_videos"] == len(CLIPS) and "TRDETR_SEARCH_EXHAUSTIVE_LIMIT" in answer["notes"][0]
+    async with serve(make_settings(redis_key_prefix=settings.redis_key_prefix, search_exhaustive_limit=5)) as app:
+        whole = (await app.post("/v1/search", json={"query": query(pre), "collection": "set", "top_k": 50})).json()
+        assert whole["stage1"] == "none" and whole["candidate_videos"] == len(CLIPS) and not whole["notes"]
         assert {h["video_id"] for h in answer["results"]} <= {"a", "b", "long"}
