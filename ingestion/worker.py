@@ -297,7 +297,8 @@ class Worker:
         if not await self.jobs.progress(job.job_id, owner, EXTRACTION_SHARE):
             return None
         # the creator's videos, under its quota: exactly the call of PUT /v1/videos/{id}/features
-        stored = await self.store.tenant(job.tenant).put(job.video_id, parsed.features, video_meta(parsed))
+        stored = await self.store.tenant(job.tenant).put(job.video_id, parsed.features, video_meta(parsed),
+                                                          job.collections)
         return {"version": stored.get("version"), "num_clips": parsed.num_clips, "extraction_notes": video.notes,
                 "extraction_s": round(extraction_s, 3), "video_duration_s": video.duration_s}
 

@@ -24,7 +24,7 @@ from service.ingest_setup import start_ingest, stop_ingest
 from service.metrics import Metrics
 from service.middleware import VIDEO_UPLOAD_PATH, BodyLimitMiddleware, MetricsMiddleware
 from service.quota import Quota
-from service.routers import ingest, kserve, ops, search, videos
+from service.routers import collection_search, collections, ingest, kserve, ops, search, videos
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
     app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s, metrics=metrics,
                        exempt_put=VIDEO_UPLOAD_PATH)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for router in (videos.router, ingest.router, search.router, ops.router, kserve.health, kserve.router):
+    for router in (videos.router, collections.router, ingest.router, search.router, collection_search.router,
+                   ops.router, kserve.health, kserve.router):
         app.include_router(router)
     install_docs(app, settings)
     return app

@@ -176,6 +176,19 @@ class Settings(BaseSettings):
         description="With API keys set, serve /docs, /redoc and /openapi.json without a key too.",
     )
 
+    # --- search across videos (POST /v1/search) ------------------------------------------------
+    search_exhaustive_limit: int = Field(
+        default=1000, ge=1,
+        description="Most videos TR-DETR searches in one POST /v1/search (there is no stage-1 candidate index yet); "
+        "a larger scope is cut to its first videos in insertion order and the response says so.",
+    )
+    search_max_video_ids: int = Field(
+        default=1000, ge=1, description="Most video_ids one POST /v1/search may name (422 beyond)."
+    )
+    search_cursor_ttl_s: int = Field(
+        default=600, ge=1, description="How long the next pages of a POST /v1/search stay available to its cursor."
+    )
+
     # --- video ingestion (PUT /v1/videos/{id}/video, jobs, workers) ----------------------------
     max_video_bytes: int = Field(
         default=2 * 1024**3, ge=1024,
