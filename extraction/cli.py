@@ -74,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trdetr-extract: error: cannot use the bundle {args.bundle}: {error}", file=sys.stderr)
         return EXIT_USAGE
     if extractor.missing_groups:
-        print(f"trdetr-extract: error: the bundle has no encoder for the video group(s) "
-              f"{', '.join(extractor.missing_groups)}; export one with trdetr-export --clip/--slowfast", file=sys.stderr)
+        print(f"trdetr-extract: error: the bundle has no encoder for the feature group(s) "
+              f"{', '.join(extractor.missing_groups)}; export one with trdetr-export --clip/--slowfast (--pann for audio)", file=sys.stderr)
         return EXIT_USAGE
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0

@@ -12,6 +12,7 @@ CODES = {
     "empty_video": "the video has zero length or no decodable frame",
     "video_too_long": "the video is longer than the allowed maximum",
     "encoder_missing": "the bundle has no encoder for some video feature group",
+    "no_audio_stream": "the model needs audio but the file has none (bundles whose audio encoder refuses silence)",
 }
 
 

@@ -2,7 +2,8 @@
 
 The video is decoded once; each decoded frame goes through every group's FFmpeg chain, the groups'
 samplers turn the filtered frames into encoder inputs, and the encoders run in batches on ONNX
-Runtime (CUDA EP when present). Frames are streamed: memory is bounded by one clip plus one batch
+Runtime (CUDA EP when present). A bundle whose model was trained with audio also gets its audio
+groups (PANN Cnn14, :mod:`extraction.audio`) from the file's audio track. Frames are streamed: memory is bounded by one clip plus one batch
 per group, whatever the video's length. The groups are then cut to the same number of clips (the
 official dataset's rule) and returned un-normalised, exactly as a features upload takes them.
 """
@@ -21,6 +22,7 @@ import numpy as np
 
 from trdetr_common.manifest import Manifest, verify_files
 
+from .audio import PannGroupEncoder
 from .decode import ChainDecoder
 from .encoders import GROUP_RUNS, GroupEncoder, GroupRun
 from .errors import ExtractionError
@@ -87,6 +89,11 @@ class Extractor:
             raise ValueError(f"bundle {self.bundle_dir} is damaged: " + "; ".join(problems))
         self.clip_length_s = self.manifest.preprocessing.clip_length_s
         self.group_names = [g.name for g in self.manifest.preprocessing.video_groups]
+        self.audio_encoders: dict[str, PannGroupEncoder] = {
+            g.name: PannGroupEncoder(self.bundle_dir, g.encoder, device=device, intra_op_threads=intra_op_threads,
+                                     batch_size=batch_size)
+            for g in self.manifest.preprocessing.audio_groups if g.encoder is not None
+        }
         self.missing_groups: list[str] = self.manifest.groups_without_encoder()
         self.encoders: dict[str, GroupEncoder] = {
             g.name: GROUP_RUNS[g.encoder.kind](self.bundle_dir, g.encoder, device=device,
@@ -97,7 +104,7 @@ class Extractor:
     @property
     def providers(self) -> dict[str, list[str]]:
         """Execution providers each encoder runs on."""
-        return {name: encoder.providers for name, encoder in self.encoders.items()}
+        return {name: encoder.providers for name, encoder in [*self.encoders.items(), *self.audio_encoders.items()]}
 
     def extract(self, path: Path, *, max_duration_s: float | None = None, progress: Progress | None = None) -> ExtractedVideo:
         """Features of the video at ``path``.
@@ -111,9 +118,9 @@ class Extractor:
         if self.missing_groups:
             raise ExtractionError(
                 "encoder_missing",
-                f"the bundle has no encoder for the video feature group(s) {', '.join(self.missing_groups)}: "
+                f"the bundle has no encoder for the feature group(s) {', '.join(self.missing_groups)}: "
                 "extract those features yourself and upload them, or export a bundle with the encoders "
-                "(trdetr-export --clip DIR --slowfast PATH)",
+                "(trdetr-export --clip DIR --slowfast PATH, and --pann PTH for audio)",
                 groups=list(self.missing_groups),
             )
         probe = probe_video(path)
@@ -126,8 +133,15 @@ class Extractor:
         decoder = ChainDecoder(probe, {name: run.chain for name, run in runs.items()})
         self._decode(decoder, runs, probe, progress)
         features = {name: runs[name].finish() for name in self.group_names}
+        video_clips = min(len(array) for array in features.values())
+        audio_notes, audio_s = [], {}
+        for name, audio_encoder in self.audio_encoders.items():
+            audio = audio_encoder.extract(probe.path, name, video_clips)
+            features[name], audio_s[name] = audio.features, audio.seconds
+            audio_notes += audio.notes
         video = self._assemble(features, decoder, probe)
-        encode_s = {name: run.encoder.seconds for name, run in runs.items()}
+        video.notes += audio_notes
+        encode_s = {name: run.encoder.seconds for name, run in runs.items()} | audio_s
         total = time.perf_counter() - started
         video.timings_s = {"decode": total - sum(encode_s.values()), **encode_s, "total": total}
         if progress:

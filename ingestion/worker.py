@@ -297,8 +297,11 @@ class Worker:
         if not await self.jobs.progress(job.job_id, owner, EXTRACTION_SHARE):
             return None
         # the creator's videos, under its quota: exactly the call of PUT /v1/videos/{id}/features
-        stored = await self.store.tenant(job.tenant).put(job.video_id, parsed.features, video_meta(parsed),
-                                                          job.collections)
+        # the extraction's notes (groups cut to one length, damaged packets, a silent file's zero audio) are
+        # stored with the video, so GET /v1/videos/{id} and the job's answer say what was adjusted
+        meta = video_meta(parsed)
+        meta["notes"] = [*meta["notes"], *video.notes]
+        stored = await self.store.tenant(job.tenant).put(job.video_id, parsed.features, meta, job.collections)
         return {"version": stored.get("version"), "num_clips": parsed.num_clips, "extraction_notes": video.notes,
                 "extraction_s": round(extraction_s, 3), "video_duration_s": video.duration_s}
 

@@ -1,6 +1,6 @@
 """``trdetr-export``: write a model bundle from a checkpoint, or verify an existing bundle.
 
-    trdetr-export CHECKPOINT --out BUNDLE_DIR [--fp16] [--clip HF_CLIP_DIR] [--slowfast SLOWFAST_CKPT]
+    trdetr-export CHECKPOINT --out BUNDLE_DIR [--fp16] [--clip HF_CLIP_DIR] [--slowfast SLOWFAST_CKPT] [--pann PTH]
                   [--opset N] [--video-groups slowfast:2304,clip:512] [--fixtures DIR] [--random-cases N]
     trdetr-export verify BUNDLE_DIR [--checkpoint CKPT] [--fixtures DIR] [--clip HF_CLIP_DIR]
                   [--slowfast SLOWFAST_CKPT]
@@ -42,6 +42,11 @@ def _common_check_flags(parser: argparse.ArgumentParser) -> None:
         help="SlowFast 8x8 checkpoint: PySlowFast's SLOWFAST_8x8_R50.pkl (Caffe2, read without running pickle "
         "code) or pytorchvideo's SLOWFAST_8x8_R50.pyth. On export: write slowfast.onnx (video group "
         "'slowfast', 2304-d) and check it against torch",
+    )
+    parser.add_argument(
+        "--pann", type=Path, metavar="PANN_PTH",
+        help="PANN Cnn14 checkpoint (Cnn14_mAP=0.431.pth, zenodo 3987831) of an audio model's features. On export: "
+        "write audio_encoder.onnx (audio group 'pann', 2048-d; log-mel front end inside) and check it against torch",
     )
     parser.add_argument(
         "--random-cases", type=int, default=50, metavar="N",
@@ -94,6 +99,12 @@ def export_parser() -> argparse.ArgumentParser:
         "otherwise one group 'video' of the full width (recorded as 'unknown' in the manifest)",
     )
     parser.add_argument(
+        "--audio-groups", metavar="NAME:DIM,...",
+        help="ordered audio feature groups of a checkpoint trained with audio, e.g. pann:2048 (without TEF). "
+        "Default: one group 'pann' (2048) or 'audio'; official checkpoints have the TEF columns after the audio "
+        "too (a_feat_dim 2050), Lighthouse ones do not (a_feat_dim 2048)",
+    )
+    parser.add_argument(
         "--skip-parity", action="store_true", help="write the bundle without running any gate (not for release)"
     )
     _common_check_flags(parser)
@@ -118,14 +129,16 @@ def verify_parser() -> argparse.ArgumentParser:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from model_export.export import export_bundle, parse_video_groups
+    from model_export.export import export_bundle, parse_audio_groups, parse_video_groups
     from model_export.export.image_encoder import clip_towers
     from model_export.export.parity import Thresholds
+    from model_export.pann import load_pann
     from model_export.slowfast import load_slowfast
 
     if args.int8_data is not None and not args.int8:
         raise ValueError("--int8-data calibrates and gates the int8 graph: add --int8")
     groups = parse_video_groups(args.video_groups) if args.video_groups else None
+    audio_groups = parse_audio_groups(args.audio_groups) if args.audio_groups else None
     towers = clip_towers(args.text_encoder) if args.text_encoder else set()
     if args.text_encoder and not towers:
         raise ValueError(f"{args.text_encoder} is not a Hugging Face CLIP directory (config.json model_type)")
@@ -134,7 +147,8 @@ def _run_export(args: argparse.Namespace) -> int:
         opset=args.opset, video_groups=groups, fixtures_dir=args.fixtures, num_random_cases=args.random_cases,
         run_parity=not args.skip_parity, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
         image_encoder_dir=args.text_encoder if "vision" in towers else None,
-        slowfast=load_slowfast(args.slowfast) if args.slowfast else None,
+        slowfast=load_slowfast(args.slowfast) if args.slowfast else None, audio_groups=audio_groups,
+        pann=load_pann(args.pann) if args.pann else None,
         int8=args.int8, int8_mode=args.int8_mode, int8_data=_int8_data(args),
     )
     _print_gates(manifest.parity.get("gates", []), manifest.parity.get("skipped", []))
@@ -145,12 +159,14 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_verify(args: argparse.Namespace) -> int:
     from model_export.export import verify_bundle
     from model_export.export.parity import Thresholds, summarize
+    from model_export.pann import load_pann
     from model_export.slowfast import load_slowfast
 
     report = verify_bundle(
         args.bundle, args.checkpoint, args.fixtures, text_encoder_dir=args.text_encoder,
         num_random_cases=args.random_cases, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
         slowfast=load_slowfast(args.slowfast) if args.slowfast else None, int8_data=_int8_data(args),
+        pann=load_pann(args.pann) if args.pann else None,
     )
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -208,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model_export import CheckpointError
     from model_export.export import ExportError, LayoutError, ParityError, TextEncoderError, VerificationError
     from model_export.export.image_encoder import ImageEncoderError
+    from model_export.pann import PannWeightsError
 
     try:
         _check_paths(args, verifying)
@@ -215,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ParityError, VerificationError, ExportError) as error:
         print(f"trdetr-export: FAILED: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except (CheckpointError, LayoutError, TextEncoderError, ImageEncoderError, FileNotFoundError, ValueError) as error:
+    except (CheckpointError, LayoutError, TextEncoderError, ImageEncoderError, PannWeightsError, FileNotFoundError, ValueError) as error:
         print(f"trdetr-export: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

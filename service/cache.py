@@ -61,6 +61,9 @@ def layout_version(pre: PreprocessingContract) -> str:
         "eps": pre.l2_eps,
         "storage": STORAGE_FORMAT,
     }
+    if pre.audio_groups:  # video-only layouts keep their version (and their cached features)
+        layout.update(audio=[(g.name, g.dim) for g in pre.audio_groups], audio_l2=pre.l2_normalize_audio,
+                      audio_tef=pre.audio_tef)
     return hashlib.sha256(orjson.dumps(layout)).hexdigest()[:12]
 
 

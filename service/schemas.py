@@ -318,6 +318,9 @@ class ModelInfo(BaseModel):
     text_features_expected: str
     feature_layout: str = Field(description="Version of the stored-feature layout (part of the Redis keys).")
     video_groups: dict[str, int]
+    audio_groups: dict[str, int] = Field(
+        default_factory=dict, description="Audio feature groups (e.g. PANN 'pann': 2048) of a model trained with "
+        "audio; uploads then hold them too. Empty for video+text models.")
     video_input_dim: int
     text_dim: int
     clip_length_s: float

@@ -1,11 +1,15 @@
 """Parse and validate uploaded feature files (``.npy`` / ``.npz``) into model-ready arrays.
 
-Video uploads come in the bundle's *video layout without TEF*:
+Video uploads come in the bundle's *feature layout without TEF*:
 
 - ``.npy``: one ``(T, D)`` array, ``D`` = sum of the manifest's group dims, groups concatenated in
-  manifest order (e.g. SlowFast 2304 then CLIP 512);
+  manifest order (e.g. SlowFast 2304 then CLIP 512), then the audio groups of an audio bundle (PANN 2048);
 - ``.npz``: one ``(T_g, d_g)`` array per group, named as the manifest's groups (e.g. ``slowfast``,
-  ``clip``); groups of different lengths are cut to the shortest, as the official dataset does.
+  ``clip``, and ``pann`` for an audio bundle); groups of different lengths (audio included) are cut to the
+  shortest, as the official datasets do.
+
+A bundle without audio refuses an audio group, and an audio bundle refuses features without its
+audio groups, each with a 422 ``bad_groups`` / ``bad_shape`` that says which groups the model takes.
 
 fp16, fp32 and fp64 (numpy's default, converted to fp32) are accepted. Files are loaded with
 ``allow_pickle=False``; anything unreadable is a 422 that says what was wrong, never a 500.
@@ -169,22 +173,36 @@ def _check_clip_count(num_clips: int, max_clips: int, pre: PreprocessingContract
         raise video_too_long(num_clips, max_clips, pre.clip_length_s)
 
 
+def _layout_text(pre: PreprocessingContract) -> str:
+    """e.g. ``slowfast (2304) + clip (512) + audio pann (2048)``."""
+    video = [f"{g.name} ({g.dim})" for g in pre.video_groups]
+    return " + ".join(video + [f"audio {g.name} ({g.dim})" for g in pre.audio_groups])
+
+
 def _groups_from_npy(array: np.ndarray, pre: PreprocessingContract) -> dict[str, np.ndarray]:
-    """Split a full-layout (T, D) array into the manifest's groups."""
-    full = sum(g.dim for g in pre.video_groups)
-    if array.ndim == 2 and pre.tef and array.shape[1] == full + 2:
+    """Split a full-layout (T, D) array into the manifest's groups (video, then audio)."""
+    groups = pre.feature_groups
+    full = pre.stored_dim
+    if array.ndim == 2 and pre.tef and array.shape[1] == full + 2 * len(pre.tef_after):
         raise InvalidInput(
-            f"The array has {full + 2} columns: it looks like it includes the 2 TEF columns. Send the "
-            f"{full} raw feature columns only; the service appends TEF itself.", code="bad_shape",
+            f"The array has {array.shape[1]} columns: it looks like it includes the TEF columns. Send the "
+            f"{full} raw feature columns only ({_layout_text(pre)}); the service inserts TEF itself.",
+            code="bad_shape",
+        )
+    if array.ndim == 2 and pre.audio_groups and array.shape[1] == sum(g.dim for g in pre.video_groups):
+        raise InvalidInput(
+            f"The array has the video groups' {array.shape[1]} columns but this model was trained with audio: "
+            f"send {full} columns, {_layout_text(pre)}.",
+            {"expected_dim": full, "got_dim": int(array.shape[1])}, code="bad_shape",
         )
     _check_array(array, "features", full)
-    bounds = np.cumsum([0] + [g.dim for g in pre.video_groups])
-    return {g.name: array[:, bounds[i]:bounds[i + 1]] for i, g in enumerate(pre.video_groups)}
+    bounds = np.cumsum([0] + [g.dim for g in groups])
+    return {g.name: array[:, bounds[i]:bounds[i + 1]] for i, g in enumerate(groups)}
 
 
 def _npz_members(archive: zipfile.ZipFile, pre: PreprocessingContract) -> dict[str, zipfile.ZipInfo]:
     """The archive's member of each manifest group (``name`` or ``name.npy``), by the zip's directory."""
-    expected = [g.name for g in pre.video_groups]
+    expected = [g.name for g in pre.feature_groups]
     found: dict[str, zipfile.ZipInfo] = {}
     duplicates = []
     for info in archive.infolist():
@@ -197,11 +215,24 @@ def _npz_members(archive: zipfile.ZipFile, pre: PreprocessingContract) -> dict[s
     if missing or extra or duplicates:
         raise InvalidInput(
             f"The .npz must hold exactly the arrays {expected}; missing {missing}, unexpected {extra}"
-            + (f", duplicated {sorted(set(duplicates))}." if duplicates else "."),
+            + (f", duplicated {sorted(set(duplicates))}" if duplicates else "") + _audio_hint(pre, missing, extra),
             {"expected": expected, "missing": missing, "unexpected": extra, "duplicated": sorted(set(duplicates))},
             code="bad_groups",
         )
     return {name: found[name] for name in expected}
+
+
+def _audio_hint(pre: PreprocessingContract, missing: list[str], extra: list[str]) -> str:
+    """The sentence that ends a ``bad_groups`` message: what the model takes when audio is the mismatch."""
+    audio = [g for g in pre.audio_groups if g.name in missing]
+    if audio:
+        listed = ", ".join(f"'{g.name}' ({g.dim}-d per clip)" for g in audio)
+        return (f". This model was trained with audio: add its audio group {listed}, computed as the manifest's "
+                "audio encoder says (trdetr-extract writes it).")
+    if extra and not pre.audio_groups:
+        return (f". This model takes no audio features (its bundle has no audio groups): remove {extra}, or "
+                "serve a bundle exported from a checkpoint trained with audio.")
+    return "."
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, rows: int, max_bytes: int,
@@ -238,7 +269,7 @@ def _groups_from_npz(body: bytes, pre: PreprocessingContract, max_clips: int,
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
             members = _npz_members(archive, pre)
             lengths = {}
-            for group in pre.video_groups:
+            for group in pre.feature_groups:
                 info = members[group.name]
                 what = f"The .npz member '{info.filename}'"
                 with archive.open(info) as member:
@@ -255,7 +286,7 @@ def _groups_from_npz(body: bytes, pre: PreprocessingContract, max_clips: int,
             }
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError) as exc:
         raise InvalidInput(f"The body is not a readable .npz file ({exc}).", code="corrupt_file") from None
-    for group in pre.video_groups:
+    for group in pre.feature_groups:
         _check_array(arrays[group.name], group.name, group.dim)
     return arrays, lengths
 
@@ -291,7 +322,7 @@ def parse_video(
         groups, lengths = _groups_from_npz(body, pre, max_clips, max_unpacked_bytes)
     try:
         features = build_video_features(
-            list(groups.values()), normalize=pre.l2_normalize_video, tef=False, eps=pre.l2_eps
+            list(groups.values()), normalize=pre.group_normalization, tef=False, eps=pre.l2_eps
         )
     except FeatureError as exc:
         raise InvalidInput(str(exc)) from None

@@ -24,7 +24,9 @@ __all__ = [
     "l2_normalize",
     "pad_batch",
     "tef_columns",
+    "tef_offsets",
     "truncation_note",
+    "with_tef",
 ]
 
 
@@ -111,7 +113,7 @@ def _as_float32_2d(array: np.ndarray, what: str) -> np.ndarray:
 def build_video_features(
     groups: Sequence[np.ndarray],
     *,
-    normalize: bool = True,
+    normalize: bool | Sequence[bool] = True,
     tef: bool = True,
     max_clips: int | None = None,
     eps: float = 1e-5,
@@ -120,7 +122,8 @@ def build_video_features(
 
     Args:
         groups: feature groups in the model's order, each (T_g, d_g).
-        normalize: L2-normalise each group's rows on their own (official ``normalize_v``).
+        normalize: L2-normalise each group's rows on their own (official ``normalize_v``); one flag per
+            group when groups differ (e.g. video groups then audio groups).
         tef: append the two TEF columns (official ``ctx_mode`` containing ``tef``).
         max_clips: keep at most this many clips of every group (official ``max_v_l``), applied
             before normalising, then all groups are cut to the shortest (official order).
@@ -132,15 +135,53 @@ def build_video_features(
         raise FeatureError("no video feature groups given; send at least one (clips, dim) array")
     if max_clips is not None and max_clips < 1:
         raise FeatureError(f"max_clips must be >= 1 or None, got {max_clips}")
+    flags = [normalize] * len(groups) if isinstance(normalize, bool) else list(normalize)
+    if len(flags) != len(groups):
+        raise FeatureError(f"{len(flags)} normalisation flags for {len(groups)} feature groups")
     prepared = []
-    for index, group in enumerate(groups):
+    for index, (group, flag) in enumerate(zip(groups, flags, strict=True)):
         array = _as_float32_2d(group, f"video feature group {index}")[:max_clips]
-        prepared.append(l2_normalize(array, eps) if normalize else array)
+        prepared.append(l2_normalize(array, eps) if flag else array)
     num_clips = min(len(array) for array in prepared)
     video = np.concatenate([array[:num_clips] for array in prepared], axis=1)
     if tef:
         video = np.concatenate([video, tef_columns(num_clips)], axis=1)
     return video
+
+
+def tef_offsets(tef_after: Sequence[int]) -> tuple[int, ...]:
+    """Model-input columns where each TEF pair starts, for TEF pairs inserted after the stored columns
+    ``tef_after`` (ascending): pair ``i`` lands at ``tef_after[i] + 2 * i``."""
+    return tuple(int(pos) + 2 * index for index, pos in enumerate(tef_after))
+
+
+def with_tef(features: np.ndarray, tef_after: Sequence[int]) -> np.ndarray:
+    """Insert the TEF columns of the whole sequence into normalised features.
+
+    The official audio dataset appends the same TEF pair after the video groups and again after the
+    audio features (``start_end_dataset_audio``); Lighthouse appends it after the video groups only;
+    a video-only model has it at the end. ``tef_after`` says where, in stored-column coordinates.
+
+    Args:
+        features: (T, D) float32 stored features (groups concatenated, no TEF).
+        tef_after: ascending stored-column positions in [0, D] after which one TEF pair goes.
+    Returns:
+        (T, D + 2 * len(tef_after)) float32; one allocation.
+    """
+    num_clips, dim = features.shape
+    out = np.empty((num_clips, dim + 2 * len(tef_after)), dtype=np.float32)
+    if not tef_after:
+        out[:] = features
+        return out
+    tef = tef_columns(num_clips)
+    src = dst = 0
+    for pos in tef_after:
+        out[:, dst:dst + pos - src] = features[:, src:pos]
+        dst += pos - src
+        out[:, dst:dst + 2] = tef
+        dst, src = dst + 2, pos
+    out[:, dst:] = features[:, src:]
+    return out
 
 
 def build_text_features(

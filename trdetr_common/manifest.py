@@ -11,6 +11,7 @@ A bundle is a directory written by ``trdetr-export``::
       tokenizer.json       # optional, for the `tokenizers` library
       image_encoder.onnx   # optional, CLIP image tower (B, 3, 224, 224) -> (B, 512), group "clip"
       slowfast.onnx        # optional, SlowFast 8x8 (slow, fast clips) -> (B, 2304), group "slowfast"
+      audio_encoder.onnx   # optional, PANN Cnn14 (B, 64000) 32-kHz waveform -> (B, 2048), audio group "pann"
       parity.json          # full parity report
 
 Everything the service needs to use the model correctly without torch is here: the
@@ -27,6 +28,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trdetr_common.audio_encoders import PannEncoderSpec
+from trdetr_common.features import tef_offsets
 from trdetr_common.video_encoders import GROUP_ALIGNMENT, VideoEncoderSpec
 
 FORMAT_VERSION = 1
@@ -46,6 +49,18 @@ class VideoFeatureGroup(_Strict):
         default=None,
         description="The bundled encoder that computes this group from a video file, with its exact "
         "preprocessing (trdetr_common.video_encoders); None: the group can only be uploaded as features.",
+    )
+
+
+class AudioFeatureGroup(_Strict):
+    """One group of per-clip audio features, e.g. PANN Cnn14 (2048), for models trained with audio."""
+
+    name: str = Field(description="Group name, also the array name expected in uploaded .npz files.")
+    dim: int = Field(gt=0, description="Feature width of this group (without TEF).")
+    encoder: PannEncoderSpec | None = Field(
+        default=None,
+        description="The bundled encoder that computes this group from a video file's audio track "
+        "(trdetr_common.audio_encoders); None: the group can only be uploaded as features.",
     )
 
 
@@ -104,12 +119,66 @@ class PreprocessingContract(_Strict):
     l2_normalize_video: bool = Field(description="L2-normalise each group separately before concatenation.")
     l2_eps: float = Field(default=1e-5, description="x / (||x|| + eps), as the official dataset does.")
     tef: bool = Field(description="Append the 2 temporal endpoint columns [i/T, (i+1)/T].")
-    video_input_dim: int = Field(gt=0, description="Width of src_vid: sum of group dims (+2 with TEF).")
+    video_input_dim: int = Field(
+        gt=0, description="Width of the graph's src_vid: video group dims (+2 with TEF), then audio group dims "
+        "(+2 with audio_tef) for audio models.",
+    )
     text_dim: int = Field(gt=0, description="Width of src_txt (512 for CLIP ViT-B/32 token states).")
     max_text_tokens: int = Field(gt=0, description="Text features are truncated to this many tokens.")
     l2_normalize_text: bool = Field(description="L2-normalise each text token feature.")
     max_video_clips: int = Field(gt=0, description="Longest video (in clips) the model was trained on.")
     text_encoder: TextEncoderSpec
+    audio_groups: list[AudioFeatureGroup] = Field(
+        default_factory=list,
+        description=(
+            "Ordered audio feature groups of a model trained with audio (official a_feat_dir, Lighthouse "
+            "*_pann); empty for video+text models. They are part of the single src_vid input, after the "
+            "video groups and their TEF: src_vid = [video groups | TEF | audio groups | TEF if audio_tef]. "
+            "The official model's first step is torch.cat([src_vid, src_aud], dim=2) with one shared clip "
+            "mask, so one input computes the same thing, and padding, batching, long-video windows and the "
+            "fp16 graph need nothing of their own."
+        ),
+    )
+    audio_tef: bool = Field(
+        default=False,
+        description="The 2 TEF columns are appended after the audio groups too (official "
+        "start_end_dataset_audio: a_feat_dim 2050 = 2048 + TEF); Lighthouse does not (a_feat_dim 2048).",
+    )
+    l2_normalize_audio: bool = Field(default=True, description="L2-normalise each audio group separately.")
+    audio_groups_source: Literal["official", "lighthouse", "checkpoint", "flag"] | None = Field(
+        default=None, description="Where the audio layout came from (None without audio)."
+    )
+    audio_alignment: str | None = Field(
+        default=None, description="How audio and video clip counts are reconciled (set with audio)."
+    )
+
+    @property
+    def feature_groups(self) -> list[VideoFeatureGroup | AudioFeatureGroup]:
+        """Every group a features upload holds, in stored order: video groups, then audio groups."""
+        return [*self.video_groups, *self.audio_groups]
+
+    @property
+    def group_normalization(self) -> list[bool]:
+        """Per group of :attr:`feature_groups`: L2-normalise it."""
+        return [self.l2_normalize_video] * len(self.video_groups) + [self.l2_normalize_audio] * len(self.audio_groups)
+
+    @property
+    def stored_dim(self) -> int:
+        """Width of stored features: every group concatenated, without TEF."""
+        return sum(g.dim for g in self.feature_groups)
+
+    @property
+    def tef_after(self) -> tuple[int, ...]:
+        """Stored-column positions after which a TEF pair is inserted into the model input."""
+        if not self.tef:
+            return ()
+        video = sum(g.dim for g in self.video_groups)
+        return (video, self.stored_dim) if self.audio_groups and self.audio_tef else (video,)
+
+    @property
+    def tef_offsets(self) -> tuple[int, ...]:
+        """Model-input (src_vid) columns where each TEF pair starts."""
+        return tef_offsets(self.tef_after)
 
 
 class FileEntry(_Strict):
@@ -162,8 +231,9 @@ class Manifest(BaseModel):
         return cls.model_validate(json.loads(path.read_text()))
 
     def groups_without_encoder(self) -> list[str]:
-        """Names of the video feature groups that no bundled encoder computes (video ingestion needs none)."""
-        return [g.name for g in self.preprocessing.video_groups if g.encoder is None]
+        """Names of the feature groups (video and audio) that no bundled encoder computes (video ingestion
+        needs none)."""
+        return [g.name for g in self.preprocessing.feature_groups if g.encoder is None]
 
     def dump(self, bundle_dir: str | Path) -> Path:
         path = Path(bundle_dir) / MANIFEST_NAME

@@ -164,23 +164,38 @@ def plan_windows(num_clips: int, window: int, stride: int) -> WindowPlan:
 
 
 # --- model inputs ------------------------------------------------------------------------------
-def fill_window(out: np.ndarray, video: np.ndarray, start: int, length: int, *, tef: bool) -> None:
+def _tef_starts(tef: bool | Sequence[int], width: int) -> Sequence[int]:
+    """Columns where TEF pairs start: ``True`` = the last two columns, ``False`` = none."""
+    if tef is True:
+        return (width - 2,)
+    if tef is False:
+        return ()
+    return tef
+
+
+def fill_window(out: np.ndarray, video: np.ndarray, start: int, length: int, *,
+                tef: bool | Sequence[int]) -> None:
     """Write one window's model input into ``out[:length]`` (a row of a padded batch).
 
     Args:
         out: (>= length, D_v) float32 destination.
-        video: (T, D_v) the whole video's model input (normalised features, then the 2 TEF columns of the
-            whole video when ``tef``); only rows ``[start, start + length)`` are read.
-        tef: the last two columns are TEF: they are rewritten as ``tef_columns(length)``, relative to the
-            window, as the model saw them in training. For the whole video (``start == 0``, ``length == T``)
-            these are the values already there.
+        video: (T, D_v) the whole video's model input (normalised features with the TEF columns of the
+            whole video); only rows ``[start, start + length)`` are read.
+        tef: where the TEF pairs are: ``True`` the last two columns, ``False`` none, or the start column
+            of each pair (an audio model has one after the video groups and, in the official layout, one
+            after the audio). They are rewritten as ``tef_columns(length)``, relative to the window, as
+            the model saw them in training. For the whole video (``start == 0``, ``length == T``) these
+            are the values already there.
     """
     out[:length] = video[start:start + length]
-    if tef:
-        out[:length, -2:] = tef_columns(length)
+    starts = _tef_starts(tef, video.shape[1])
+    if starts:
+        columns = tef_columns(length)
+        for column in starts:
+            out[:length, column:column + 2] = columns
 
 
-def window_input(video: np.ndarray, start: int, length: int, *, tef: bool) -> np.ndarray:
+def window_input(video: np.ndarray, start: int, length: int, *, tef: bool | Sequence[int]) -> np.ndarray:
     """(length, D_v) float32 model input of one window; the whole video comes back as is (no copy).
 
     See :func:`fill_window` for the arguments.

@@ -8,7 +8,7 @@ Public API::
 """
 
 from .bundle import VerificationError, export_bundle, verify_bundle
-from .layouts import LayoutError, parse_video_groups
+from .layouts import LayoutError, parse_audio_groups, parse_video_groups
 from .onnx_export import ExportError
 from .parity import ParityError, Thresholds
 from .text_encoder import TextEncoderError
@@ -21,6 +21,7 @@ __all__ = [
     "Thresholds",
     "VerificationError",
     "export_bundle",
+    "parse_audio_groups",
     "parse_video_groups",
     "verify_bundle",
 ]

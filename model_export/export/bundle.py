@@ -25,9 +25,12 @@ from tqdm import tqdm
 
 from model_export import load_checkpoint, read_checkpoint
 from model_export.config import TRDETRConfig
+from model_export.pann import LoadedPann
 from model_export.slowfast import LoadedSlowFast
+from trdetr_common.audio_encoders import AUDIO_ALIGNMENT
 from trdetr_common.manifest import (
     MANIFEST_NAME,
+    AudioFeatureGroup,
     FileEntry,
     Manifest,
     OnnxSpec,
@@ -41,12 +44,13 @@ from trdetr_common.manifest import (
 )
 from trdetr_common.text import OPENAI_CLIP, QueryTokenizer
 
+from .audio_encoder import AUDIO_ONNX, attach_audio_encoder, check_audio_encoder_runs, check_pann, export_pann
 from .cases import InputSpec, random_cases
 from .checks import GateRun, build_cases, memoize, run_gates, torch_runner
 from .fp16 import convert_to_fp16
 from .image_encoder import IMAGE_ONNX, check_image_encoder, clip_towers, export_image_encoder
 from .int8 import INT8_FILE, Int8Info, Int8Mode, calibration_batches, dataset_cases, quantize_int8, r1_at_05
-from .layouts import VideoLayout, resolve_video_layout
+from .layouts import AudioLayout, VideoLayout, resolve_audio_layout, resolve_video_layout
 from .onnx_export import (
     DEFAULT_OPSET,
     TRDETR_DYNAMIC_AXES,
@@ -78,7 +82,7 @@ PARITY_FILE = "parity.json"
 INT8_CALIBRATION_ROWS = 128
 INT8_GATE_DATA_ROWS = 400
 _BUNDLE_FILES = (MANIFEST_NAME, FP32_FILE, FP16_FILE, INT8_FILE, "text_encoder.onnx", "tokenizer.json", PARITY_FILE,
-                 IMAGE_ONNX, SLOWFAST_ONNX)
+                 IMAGE_ONNX, SLOWFAST_ONNX, AUDIO_ONNX)
 CLIP_TEXT_EXPECTED = (
     "CLIP ViT-B/32 text transformer (openai/clip-vit-base-patch32): last_hidden_state after the final "
     "layer norm, 512-d per token, not projected (the QVHighlights clip_text_features)"
@@ -119,6 +123,8 @@ def export_bundle(
     progress: bool = False,
     image_encoder_dir: Path | None = None,
     slowfast: LoadedSlowFast | None = None,
+    audio_groups: Sequence[AudioFeatureGroup] | None = None,
+    pann: LoadedPann | None = None,
     int8: bool = False,
     int8_mode: Int8Mode = "static",
     int8_data=None,
@@ -142,6 +148,10 @@ def export_bundle(
         image_encoder_dir: local Hugging Face CLIP directory; writes image_encoder.onnx for group "clip".
         slowfast: a loaded SlowFast network (``model_export.slowfast.load_slowfast``); writes slowfast.onnx
             for group "slowfast".
+        audio_groups: ordered audio feature groups of an audio checkpoint; default from its format
+            (official: ``pann`` + TEF, Lighthouse: ``pann`` without TEF; see ``layouts.resolve_audio_layout``).
+        pann: a loaded PANN Cnn14 (``model_export.pann.load_pann``); writes audio_encoder.onnx for the audio
+            group "pann" and gates it against torch.
         int8: also write ``model.int8.onnx`` (CPU graph, int8 weight MatMuls, float32 I/O) and gate it.
         int8_mode: "static" (QDQ, calibrated) or "dynamic" (see ``model_export.export.int8``).
         int8_data: labelled feature dataset (``training.dataset.DatasetConfig``) in the model's layout: a
@@ -157,9 +167,10 @@ def export_bundle(
     steps.set_postfix_str("reading checkpoint")
     loaded = read_checkpoint(checkpoint)
     model, config = load_checkpoint(checkpoint)
-    _check_servable(config)
     layout = resolve_video_layout(loaded.format, config.v_feat_dim, config.use_tef, list(video_groups or []),
                                   recorded=loaded.raw_opt.get("video_feature_groups"))
+    audio = resolve_audio_layout(loaded.format, config.a_feat_dim, config.use_tef, list(audio_groups or []),
+                                 recorded=loaded.raw_opt.get("audio_feature_groups"))
     if layout.source == "unknown":
         _log(f"warning: {layout.note}", True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,11 +179,11 @@ def export_bundle(
     steps.update()
 
     steps.set_postfix_str(FP32_FILE)
-    export_trdetr(model, config.t_feat_dim, config.v_feat_dim, out_dir / FP32_FILE, opset)
+    export_trdetr(model, config.t_feat_dim, config.vid_input_dim, out_dir / FP32_FILE, opset)
     steps.update()
     steps.set_postfix_str(FP16_FILE if fp16 else "no fp16")
     fp32_ops = convert_to_fp16(out_dir / FP32_FILE, out_dir / FP16_FILE) if fp16 else None
-    spec = _input_spec(config, layout, loaded.raw_opt)
+    spec = _input_spec(config, layout, loaded.raw_opt, audio)
     int8_info = _write_int8(out_dir, spec, int8_mode, int8_data) if int8 else None
     store_exact_fp16_weights(out_dir / FP32_FILE)  # lossless; after the fp16 conversion read the plain graph
     steps.update()
@@ -190,13 +201,19 @@ def export_bundle(
     if untrained:
         encoders = [e.model_copy(update={"weights": e.weights.model_copy(update={"untrained": True})}) for e in encoders]
     layout = attach_encoders(layout, encoders)
+    if pann is not None:
+        pann_spec = export_pann(pann, out_dir, opset, config.clip_length)
+        if untrained:
+            pann_spec = pann_spec.model_copy(update={"weights": pann_spec.weights.model_copy(update={"untrained": True})})
+        audio = attach_audio_encoder(audio, pann_spec)
     steps.update()
 
     steps.set_postfix_str("parity" if run_parity else "parity skipped")
+    spec = _input_spec(config, layout, loaded.raw_opt, audio)
     report = _parity_report(
         out_dir, model, config, spec, fp16, text_encoder_dir, fixtures_dir,
         num_random_cases if run_parity else 0, thresholds, run_parity, progress,
-        image_encoder_dir=image_encoder_dir, slowfast=slowfast, int8=int8, int8_data=int8_data,
+        image_encoder_dir=image_encoder_dir, slowfast=slowfast, pann=pann, int8=int8, int8_data=int8_data,
     )
     steps.update()
     steps.close()
@@ -215,7 +232,7 @@ def export_bundle(
             opset=opset, fp32_file=FP32_FILE, fp16_file=FP16_FILE if fp16 else None, fp16_ops_kept_fp32=fp32_ops,
             int8_file=INT8_FILE if int8_info else None, int8_quantization=int8_info.describe() if int8_info else None,
         ),
-        preprocessing=_preprocessing(config, layout, loaded.raw_opt, text),
+        preprocessing=_preprocessing(config, layout, loaded.raw_opt, text, audio),
         outputs=OUTPUT_SEMANTICS,
         files=_file_entries(out_dir),
         parity=_manifest_parity(report),
@@ -257,31 +274,32 @@ def _int8_gates(bundle_dir: Path, fp32_reference, cases: list, thresholds: Thres
     return gates
 
 
-def _check_servable(config: TRDETRConfig) -> None:
-    """The bundle's graph has no audio input: refuse audio models with a clear message."""
-    if config.a_feat_dim:
-        raise ValueError(
-            f"the checkpoint uses audio features (a_feat_dim={config.a_feat_dim}); the bundle format serves "
-            "video+text models only"
-        )
+def _input_spec(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None,
+                audio: AudioLayout | None = None, normalize_audio: bool | None = None) -> InputSpec:
+    """The model's input contract, for building random parity inputs.
 
-
-def _input_spec(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None) -> InputSpec:
-    """The model's input contract, for building random parity inputs."""
+    Audio is L2-normalised like the video (official ``normalize_v`` covers both; Lighthouse always
+    normalises both).
+    """
     raw_opt = raw_opt or {}
+    normalize_video = not raw_opt.get("no_norm_vfeat", False)
     return InputSpec(
         video_group_dims=[g.dim for g in layout.groups],
         text_dim=config.t_feat_dim,
         use_tef=config.use_tef,
-        normalize_video=not raw_opt.get("no_norm_vfeat", False),
+        normalize_video=normalize_video,
         normalize_text=not raw_opt.get("no_norm_tfeat", False),
         max_text_tokens=config.max_q_l,
+        audio_group_dims=[g.dim for g in audio.groups] if audio else (),
+        audio_tef=bool(audio and audio.tef),
+        normalize_audio=normalize_video if normalize_audio is None else normalize_audio,
     )
 
 
-def _preprocessing(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None, text) -> PreprocessingContract:
+def _preprocessing(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None, text,
+                   audio: AudioLayout | None = None) -> PreprocessingContract:
     """The manifest's preprocessing contract (see trdetr_common.manifest.PreprocessingContract)."""
-    spec = _input_spec(config, layout, raw_opt)
+    spec = _input_spec(config, layout, raw_opt, audio)
     expected = CLIP_TEXT_EXPECTED if config.t_feat_dim == 512 else (
         f"{config.t_feat_dim}-d per-token text features of the encoder the checkpoint was trained with "
         "(not recorded in the checkpoint)"
@@ -300,12 +318,17 @@ def _preprocessing(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | No
         video_groups_note=layout.note,
         l2_normalize_video=spec.normalize_video,
         tef=config.use_tef,
-        video_input_dim=config.v_feat_dim,
+        video_input_dim=config.vid_input_dim,
         text_dim=config.t_feat_dim,
         max_text_tokens=config.max_q_l,
         l2_normalize_text=spec.normalize_text,
         max_video_clips=config.max_v_l,
         text_encoder=encoder,
+        audio_groups=audio.groups if audio else [],
+        audio_tef=bool(audio and audio.tef),
+        l2_normalize_audio=spec.normalize_audio,
+        audio_groups_source=audio.source if audio else None,
+        audio_alignment=AUDIO_ALIGNMENT if audio else None,
     )
 
 
@@ -344,6 +367,7 @@ def _parity_report(
     *,
     image_encoder_dir: Path | None = None,
     slowfast: LoadedSlowFast | None = None,
+    pann: LoadedPann | None = None,
     int8: bool = False,
     int8_data=None,
 ) -> dict:
@@ -360,7 +384,7 @@ def _parity_report(
     if not run_parity:
         report.update(passed=True, gates=[], providers=[], skipped=["run_parity=False: no gate was run"])
         return report
-    randoms, fixtures = build_cases(spec, config.v_feat_dim, num_random_cases, fixtures_dir)
+    randoms, fixtures = build_cases(spec, config.vid_input_dim, num_random_cases, fixtures_dir)
     fp16_path = bundle_dir / FP16_FILE if fp16 else None
     run = run_gates(bundle_dir / FP32_FILE, fp16_path, model, randoms, fixtures, thresholds, progress=progress)
     if int8:
@@ -375,6 +399,9 @@ def _parity_report(
         video["image_encoder"] = check_image_encoder(image_encoder_dir, bundle_dir, atol=thresholds.fp32_atol)
     if slowfast:
         video["slowfast"] = check_slowfast(slowfast.model, bundle_dir, atol=thresholds.fp32_atol)
+    if pann:
+        samples = round(config.clip_length * pann.model.config.sample_rate)
+        video["audio_encoder"] = check_pann(pann.model, bundle_dir, samples, atol=thresholds.fp32_atol)
     return _finish_report(report, run, text, video)
 
 
@@ -426,6 +453,7 @@ def verify_bundle(
     thresholds: Thresholds | None = None,
     progress: bool = False,
     slowfast: LoadedSlowFast | None = None,
+    pann: LoadedPann | None = None,
     int8_data=None,
 ) -> dict:
     """Re-check an existing bundle; returns the report, raises on any failure.
@@ -459,12 +487,15 @@ def verify_bundle(
             )
         model, _ = load_checkpoint(checkpoint)
     config = TRDETRConfig.from_opt(manifest.config)
-    layout = VideoLayout(manifest.preprocessing.video_groups, manifest.preprocessing.video_groups_source)
+    pre = manifest.preprocessing
+    layout = VideoLayout(pre.video_groups, pre.video_groups_source)
+    audio = AudioLayout(pre.audio_groups, pre.audio_tef, pre.audio_groups_source or "official", "") \
+        if pre.audio_groups else None
     spec = _input_spec(config, layout, {
-        "no_norm_vfeat": not manifest.preprocessing.l2_normalize_video,
-        "no_norm_tfeat": not manifest.preprocessing.l2_normalize_text,
-    })
-    randoms, fixtures = build_cases(spec, config.v_feat_dim, num_random_cases, fixtures_dir)
+        "no_norm_vfeat": not pre.l2_normalize_video,
+        "no_norm_tfeat": not pre.l2_normalize_text,
+    }, audio, pre.l2_normalize_audio)
+    randoms, fixtures = build_cases(spec, config.vid_input_dim, num_random_cases, fixtures_dir)
     fp16_path = bundle_dir / manifest.onnx.fp16_file if manifest.onnx.fp16_file else None
     run = run_gates(bundle_dir / manifest.onnx.fp32_file, fp16_path, model, randoms, fixtures, thresholds,
                     progress=progress)
@@ -482,6 +513,12 @@ def verify_bundle(
         video["image_encoder"] = check_image_encoder(text_encoder_dir, bundle_dir, atol=thresholds.fp32_atol)
     if slowfast is not None and (bundle_dir / SLOWFAST_ONNX).is_file():
         video["slowfast_parity"] = check_slowfast(slowfast.model, bundle_dir, atol=thresholds.fp32_atol)
+    for group in pre.audio_groups:
+        if group.encoder is not None:
+            video[group.name] = check_audio_encoder_runs(bundle_dir, group.encoder, group.dim)
+            if pann is not None:
+                video["audio_encoder_parity"] = check_pann(pann.model, bundle_dir, group.encoder.clip_samples,
+                                                           atol=thresholds.fp32_atol)
     report = {"bundle": str(bundle_dir), "ran": True, "files_verified": sorted(manifest.files),
               "environment": _environment(), "thresholds": asdict(thresholds),
               "num_random_cases": num_random_cases}

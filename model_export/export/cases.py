@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trdetr_common.features import build_text_features, build_video_features, pad_batch
+from trdetr_common.features import build_text_features, build_video_features, pad_batch, with_tef
 
 Arrays = dict[str, np.ndarray]
 
@@ -60,7 +60,11 @@ class Case:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model's inputs look like: group widths, TEF, normalisation and text width."""
+    """What the model's inputs look like: group widths, TEF, normalisation and text width.
+
+    ``audio_group_dims``: audio groups after the video groups and their TEF (empty without audio);
+    ``audio_tef``: the TEF columns follow the audio groups too (official layout).
+    """
 
     video_group_dims: Sequence[int]
     text_dim: int
@@ -68,12 +72,29 @@ class InputSpec:
     normalize_video: bool
     normalize_text: bool
     max_text_tokens: int
+    audio_group_dims: Sequence[int] = ()
+    audio_tef: bool = False
+    normalize_audio: bool = True
+
+    @property
+    def tef_after(self) -> tuple[int, ...]:
+        """Stored-column positions after which TEF pairs go (see ``trdetr_common.features.with_tef``)."""
+        if not self.use_tef:
+            return ()
+        video, audio = sum(self.video_group_dims), sum(self.audio_group_dims)
+        return (video, video + audio) if audio and self.audio_tef else (video,)
+
+
+def model_video_input(spec: InputSpec, groups: Sequence[np.ndarray]) -> np.ndarray:
+    """Raw video then audio groups (each (T_g, d_g)) -> the model's src_vid row (T, D_v), as the service builds it."""
+    flags = [spec.normalize_video] * len(spec.video_group_dims) + [spec.normalize_audio] * len(spec.audio_group_dims)
+    return with_tef(build_video_features(groups, normalize=flags, tef=False), spec.tef_after)
 
 
 def _row(spec: InputSpec, rng: np.random.Generator, clips: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """One (video (L_v, D_v), text (L_t, D_t)) pair built through the preprocessing contract."""
-    groups = [rng.standard_normal((clips, dim)).astype(np.float32) for dim in spec.video_group_dims]
-    video = build_video_features(groups, normalize=spec.normalize_video, tef=spec.use_tef)
+    dims = [*spec.video_group_dims, *spec.audio_group_dims]
+    video = model_video_input(spec, [rng.standard_normal((clips, dim)).astype(np.float32) for dim in dims])
     text = rng.standard_normal((tokens, spec.text_dim)).astype(np.float32)
     return video, build_text_features(text, normalize=spec.normalize_text, max_tokens=None)
 

@@ -41,11 +41,22 @@ class GateRun:
 
 
 def torch_runner(model: nn.Module) -> Runner:
-    """The torch model as a Runner: named float32 inputs -> the three served outputs."""
+    """The torch model as a Runner: named float32 inputs -> the three served outputs.
+
+    An audio model is called as the official code calls it: ``src_vid`` (video + TEF, ``v_feat_dim``
+    columns) and ``src_aud`` (the rest) as separate tensors, so the gates also prove that the
+    bundle's single-input layout (audio after the video's TEF) is what the official model reads.
+    """
+    config = getattr(model, "config", None)
+    split = config.v_feat_dim if config is not None and config.a_feat_dim else None
 
     def run(inputs: Arrays) -> Arrays:
+        txt, txt_mask, vid, vid_mask = (torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in TRDETR_INPUTS)
         with torch.inference_mode():
-            out = model(*[torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in TRDETR_INPUTS])
+            if split is None:
+                out = model(txt, txt_mask, vid, vid_mask)
+            else:
+                out = model(txt, txt_mask, vid[..., :split], vid_mask, src_aud=vid[..., split:])
         return {name: out[name].float().numpy() for name in OUTPUTS}
 
     return run

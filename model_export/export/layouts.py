@@ -17,8 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from trdetr_common.manifest import VideoFeatureGroup
+from trdetr_common.manifest import AudioFeatureGroup, VideoFeatureGroup
 
+PANN_DIM = 2048
 SLOWFAST_DIM = 2304
 CLIP_DIM = 512
 TEF_COLUMNS = 2
@@ -130,3 +131,62 @@ def _check_width(groups: list[VideoFeatureGroup], width: int, v_feat_dim: int, u
             f"{what} add up to {total} columns but the checkpoint's video features are {width} "
             f"wide (v_feat_dim {v_feat_dim}{' minus 2 TEF columns' if use_tef else ''}); fix the dims"
         )
+
+
+@dataclass(frozen=True)
+class AudioLayout:
+    """Resolved audio layout: ordered groups, whether TEF follows them, where it came from."""
+
+    groups: list[AudioFeatureGroup]
+    tef: bool
+    source: str  # "official" | "lighthouse" | "checkpoint" | "flag"
+    note: str
+
+
+def resolve_audio_layout(
+    checkpoint_format: str,
+    a_feat_dim: int | None,
+    use_tef: bool,
+    override: list[AudioFeatureGroup] | None = None,
+    recorded: object = None,
+) -> AudioLayout | None:
+    """Decide the audio groups of a checkpoint trained with audio (None without audio).
+
+    The official ``start_end_dataset_audio`` appends the TEF columns to the audio features as well
+    (its scripts set ``a_feat_dim=2050`` for 2048-d PANN); Lighthouse appends TEF to the video only
+    (``a_feat_dim=2048``). ``trdetr-service`` checkpoints follow the official layout.
+
+    Args:
+        checkpoint_format: "official" | "lighthouse" | "trdetr-service".
+        a_feat_dim: the model's audio input width (TEF columns included when the layout has them).
+        use_tef: whether the model uses TEF at all.
+        override: ``--audio-groups`` (must add up to the audio feature width).
+        recorded: the opt's ``audio_feature_groups`` (``[[name, dim], ...]``) when the checkpoint has it.
+    """
+    if not a_feat_dim:
+        return None
+    tef = use_tef and checkpoint_format != "lighthouse"
+    width = a_feat_dim - (TEF_COLUMNS if tef else 0)
+    where = "then the TEF columns again" if tef else "without TEF of their own"
+    if width < 1:
+        raise LayoutError(f"a_feat_dim={a_feat_dim} leaves no audio feature column after the 2 TEF columns")
+    if override or recorded:
+        groups = [AudioFeatureGroup(name=g.name, dim=g.dim) for g in
+                  (override or _recorded_groups(recorded))]
+        total = sum(g.dim for g in groups)
+        if total != width:
+            raise LayoutError(
+                f"audio groups add up to {total} columns but the checkpoint's audio features are {width} wide "
+                f"(a_feat_dim {a_feat_dim}{' minus 2 TEF columns' if tef else ''}); fix the dims")
+        source = "flag" if override else "checkpoint"
+        return AudioLayout(groups, tef, source, f"audio groups given by the {source}, {where}")
+    name = "pann" if width == PANN_DIM else "audio"
+    note = (f"{checkpoint_format} audio layout: one group '{name}' ({width}) after the video groups and TEF, "
+            f"{where}")
+    source = "lighthouse" if checkpoint_format == "lighthouse" else "official"
+    return AudioLayout([AudioFeatureGroup(name=name, dim=width)], tef, source, note)
+
+
+def parse_audio_groups(spec: str) -> list[AudioFeatureGroup]:
+    """Parse ``"pann:2048"`` into ordered audio groups (same syntax as ``--video-groups``)."""
+    return [AudioFeatureGroup(name=g.name, dim=g.dim) for g in parse_video_groups(spec)]

@@ -61,7 +61,7 @@ class _Job:
     texts: list[np.ndarray]
     video: np.ndarray
     plan: WindowPlan
-    tef: bool
+    tef: bool | tuple[int, ...]
     future: asyncio.Future[list[list[RowOutput]]]
     enqueued_at: float = field(default_factory=time.perf_counter)
     outputs: list[RowOutput | None] = field(default_factory=list)
@@ -279,12 +279,13 @@ class DynamicBatcher:
         return [windows[0] for windows in rows]
 
     async def infer_windows(
-        self, texts: list[np.ndarray], video: np.ndarray, plan: WindowPlan, *, tef: bool, timeout_s: float
+        self, texts: list[np.ndarray], video: np.ndarray, plan: WindowPlan, *, tef: bool | tuple[int, ...],
+        timeout_s: float
     ) -> list[list[RowOutput]]:
         """Queue one request and await its rows: per query, one :class:`RowOutput` per window of ``plan``.
 
-        ``video`` (T, D_v) is the whole video's model input; ``tef``: its last two columns are TEF, rewritten
-        for each window. Raises 429 when the queue is full or the measured queue would not answer it within
+        ``video`` (T, D_v) is the whole video's model input; ``tef``: the columns where its TEF pairs start
+        (``PreprocessingContract.tef_offsets``; ``True`` = the last two), rewritten for each window. Raises 429 when the queue is full or the measured queue would not answer it within
         ``timeout_s`` (:class:`~service.inference.admission.Admission`), and 504 when ``timeout_s`` passes
         first. The deadline is a timer that fails the job's own future (cheaper than ``wait_for`` +
         ``shield``); a job that timed out or whose request went away gets no further runs.

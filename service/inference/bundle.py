@@ -11,7 +11,7 @@ import numpy as np
 
 from service.inference.session import OnnxModel
 from service.inference.text_encoder import TextEncoder
-from trdetr_common.features import tef_columns
+from trdetr_common.features import with_tef
 from trdetr_common.manifest import Manifest, verify_files
 
 log = logging.getLogger(__name__)
@@ -77,22 +77,19 @@ class ModelBundle:
 
     @property
     def stored_dim(self) -> int:
-        """Width of stored video features: the groups concatenated, without TEF."""
-        return sum(g.dim for g in self.pre.video_groups)
+        """Width of stored features: the video groups then the audio groups concatenated, without TEF."""
+        return self.pre.stored_dim
 
     def video_input(self, features: np.ndarray) -> np.ndarray:
-        """Stored features (T, stored_dim) -> model video input (T, video_input_dim), TEF of the whole video
-        appended (a window of a long video gets its own TEF: ``trdetr_common.windows.fill_window``).
+        """Stored features (T, stored_dim) -> model video input (T, video_input_dim): the TEF of the whole
+        video inserted after the video groups (and after the audio groups in the official audio layout);
+        a window of a long video gets its own TEF (``trdetr_common.windows.fill_window``).
 
         One float32 allocation: a 3-hour video's input is ~61 MB.
         """
-        if not self.pre.tef:
+        if not self.pre.tef_after:
             return np.asarray(features, dtype=np.float32)
-        num_clips, dim = features.shape
-        out = np.empty((num_clips, dim + 2), dtype=np.float32)
-        out[:, :dim] = features
-        out[:, dim:] = tef_columns(num_clips)
-        return out
+        return with_tef(features, self.pre.tef_after)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The TR-DETR graph on a padded batch (see ``service.inference.batcher.build_batch``)."""

@@ -57,6 +57,7 @@ async def model_info(runtime: ReadyRuntimeDep) -> ModelInfo:
         providers=bundle.providers, text_encoder=bundle.text_encoder is not None,
         text_features_expected=pre.text_encoder.expected, feature_layout=layout_version(pre),
         video_groups={g.name: g.dim for g in pre.video_groups}, video_input_dim=pre.video_input_dim,
+        audio_groups={g.name: g.dim for g in pre.audio_groups},
         text_dim=pre.text_dim, clip_length_s=pre.clip_length_s, max_video_clips=pre.max_video_clips,
         window_stride_clips=runtime.stride_clips, moment_merge=settings.moment_merge,
         max_text_tokens=pre.max_text_tokens, num_queries=manifest.config.get("num_queries"),

@@ -56,7 +56,7 @@ async def _infer(runtime: Runtime, request: SearchRequest,
     with runtime.batcher.preparing():
         inputs = await resolve_inputs(runtime, request, store)
     plan = runtime.window_plan(inputs.num_clips)
-    rows = await runtime.batcher.infer_windows(inputs.texts, inputs.video, plan, tef=runtime.bundle.pre.tef,
+    rows = await runtime.batcher.infer_windows(inputs.texts, inputs.video, plan, tef=runtime.bundle.pre.tef_offsets,
                                                timeout_s=time_left(runtime.settings.request_timeout_s))
     return inputs, plan, rows
 

@@ -35,7 +35,7 @@ _UPLOAD_BODY = {
         "required": True,
         "description": "The raw bytes of a .npy (T, D) file in the manifest's full layout without TEF, or of "
         "a .npz with one (T_g, d_g) array per feature group named as in the manifest (e.g. 'slowfast', "
-        "'clip'). float16 or float32.",
+        "'clip'; audio bundles also their audio groups, e.g. 'pann'). float16 or float32.",
         "content": {mime: _BINARY for mime in (*NPY_TYPES, *NPZ_TYPES, "application/octet-stream")},
     }
 }
@@ -46,7 +46,7 @@ def _video_info(runtime: Runtime, video_id: str, meta: dict[str, Any]) -> VideoI
     pre = runtime.bundle.pre
     return VideoInfo(
         video_id=video_id, num_clips=meta["num_clips"], duration_s=meta["num_clips"] * pre.clip_length_s,
-        clip_length_s=pre.clip_length_s, dim=meta["dim"], groups={g.name: g.dim for g in pre.video_groups},
+        clip_length_s=pre.clip_length_s, dim=meta["dim"], groups={g.name: g.dim for g in pre.feature_groups},
         storage_dtype=meta["storage_dtype"], ttl_s=meta["ttl_s"], expires_at=time.time() + meta["ttl_s"],
         notes=meta.get("notes", []), collections=meta.get("collections", []),
     )

@@ -138,3 +138,23 @@ def test_l2_normalize_rows_near_float32_max_do_not_overflow_to_zeros():
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
     ordinary = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
     np.testing.assert_array_equal(l2_normalize(ordinary), ordinary / (np.linalg.norm(ordinary, axis=1, keepdims=True) + 1e-5))
+
+
+def test_with_tef_inserts_the_same_tef_pair_at_each_position():
+    from trdetr_common.features import tef_columns, tef_offsets, with_tef
+
+    features = np.arange(5 * 7, dtype=np.float32).reshape(5, 7)
+    out = with_tef(features, (4, 7))  # after 4 video columns, and after the 3 audio columns
+    assert out.shape == (5, 11) and tef_offsets((4, 7)) == (4, 9)
+    np.testing.assert_array_equal(out[:, :4], features[:, :4])
+    np.testing.assert_array_equal(out[:, 6:9], features[:, 4:])
+    np.testing.assert_array_equal(out[:, 4:6], tef_columns(5))
+    np.testing.assert_array_equal(out[:, 9:11], tef_columns(5))
+    np.testing.assert_array_equal(with_tef(features, ()), features)
+
+
+def test_per_group_normalisation_flags():
+    a, b = np.full((3, 2), 3.0, np.float32), np.full((3, 2), 3.0, np.float32)
+    video = build_video_features([a, b], normalize=[True, False], tef=False)
+    np.testing.assert_allclose(np.linalg.norm(video[:, :2], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(video[:, 2:], b)

@@ -149,3 +149,14 @@ def test_wrong_inputs_are_refused_with_a_clear_message():
         merge_moments(outputs[:1], plan, clip_length_s=CLIP)
     with pytest.raises(ValueError, match="expected 20"):
         merge_saliency([np.zeros(20), np.zeros(19)], plan)
+
+
+def test_fill_window_rewrites_every_tef_pair_of_an_audio_layout():
+    from trdetr_common.features import tef_columns, with_tef
+
+    stored = np.random.default_rng(0).standard_normal((30, 7)).astype(np.float32)
+    whole = with_tef(stored, (4, 7))  # video 4 | TEF | audio 3 | TEF
+    row = window_input(whole, 10, 8, tef=(4, 9))
+    np.testing.assert_array_equal(row[:, 4:6], tef_columns(8))
+    np.testing.assert_array_equal(row[:, 9:11], tef_columns(8))
+    np.testing.assert_array_equal(row[:, 6:9], stored[10:18, 4:])

@@ -157,14 +157,15 @@ class TorchReference:
 
         self.model, self.config = load_checkpoint(checkpoint)
 
-    def __call__(self, text: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
-        """``text`` (L_t, D_t), ``video`` (T, D_v incl. TEF) -> pred_logits (Q, 2), pred_spans (Q, 2),
-        saliency_scores (T,)."""
+    def __call__(self, text: np.ndarray, video: np.ndarray, audio: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``text`` (L_t, D_t), ``video`` (T, D_v incl. TEF), ``audio`` (T, a_feat_dim) for audio models, passed
+        as the official code passes it (``src_aud``) -> pred_logits (Q, 2), pred_spans (Q, 2), saliency_scores (T,)."""
         import torch
 
+        src_aud = None if audio is None else torch.from_numpy(audio)[None]
         with torch.no_grad():
             out = self.model(torch.from_numpy(text)[None], torch.ones(1, len(text)),
-                             torch.from_numpy(video)[None], torch.ones(1, len(video)))
+                             torch.from_numpy(video)[None], torch.ones(1, len(video)), src_aud=src_aud)
         return {name: out[name][0].numpy() for name in ("pred_logits", "pred_spans", "saliency_scores")}
 
 
@@ -185,3 +186,54 @@ async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://service", timeout=60) as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+# --- audio bundles ------------------------------------------------------------------------------
+AUDIO_DIM = 12  # stands for PANN's 2048
+
+
+def export_audio_bundle(out_dir: Path) -> Path:
+    """A small random TR-DETR trained "with audio", official layout (src_aud = PANN + TEF, so a_feat_dim =
+    12 + 2), written as an official checkpoint (``random_audio.ckpt``) and exported without gates (the
+    exporter tests gate audio bundles)."""
+    import torch
+
+    from model_export.checkpoint import save_checkpoint
+    from model_export.config import TRDETRConfig
+    from model_export.export import export_bundle, parse_audio_groups, parse_video_groups
+    from model_export.model import build_model
+
+    torch.manual_seed(5)
+    config = TRDETRConfig(v_feat_dim=34, t_feat_dim=16, nheads=4, dim_feedforward=64, num_queries=5,
+                          a_feat_dim=AUDIO_DIM + 2)
+    model = build_model(config).eval()
+    checkpoint = save_checkpoint(out_dir / "random_audio.ckpt", model, config)
+    bundle = out_dir / "bundle"
+    export_bundle(checkpoint, bundle, run_parity=False, video_groups=parse_video_groups(SMALL_GROUPS),
+                  audio_groups=parse_audio_groups(f"pann:{AUDIO_DIM}"))
+    return bundle
+
+
+def official_audio_input(groups: dict[str, np.ndarray], audio: np.ndarray, *,
+                         stored: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(src_vid, src_aud) as the official start_end_dataset_audio builds them, written out step by step
+    (independently of the service's helpers): each group L2-normalised, the video groups cut to the
+    shortest, then video and audio cut to the shorter, then the same TEF appended to both.
+
+    ``stored=True`` rounds the normalised features to float16, as the Redis cache keeps them.
+    """
+    def l2(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
+        return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-5)
+
+    parts = [l2(a) for a in groups.values()]
+    clips = min(len(p) for p in parts)
+    video = np.concatenate([p[:clips] for p in parts], axis=1)
+    aud = l2(audio)
+    clips = min(clips, len(aud))
+    video, aud = video[:clips], aud[:clips]
+    if stored:
+        video = video.astype(np.float16).astype(np.float32)
+        aud = aud.astype(np.float16).astype(np.float32)
+    tef = np.stack([np.arange(clips) / clips, np.arange(1, clips + 1) / clips], axis=1).astype(np.float32)
+    return np.concatenate([video, tef], axis=1), np.concatenate([aud, tef], axis=1)
