@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from trdetr_common.cli import HelpFormatter
+
 from .errors import ExtractionError
 from .pipeline import Extractor, npz_bytes
 
@@ -26,7 +28,7 @@ EXIT_USAGE = 2
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trdetr-extract",
+        prog="trdetr-extract", formatter_class=HelpFormatter,
         description="Extract per-clip video features (e.g. SlowFast 2304 + CLIP 512 per 2 s) from video files with "
         "a bundle's encoders, on ONNX Runtime, and write one .npz per video ready for PUT /v1/videos/{id}/features.",
     )
@@ -34,11 +36,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle written by trdetr-export")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (created)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: CUDA EP when usable, else CPU (default); cuda: fail without a usable GPU")
+                        help="auto: CUDA EP when usable, else CPU; cuda: fail without a usable GPU")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="ONNX Runtime CPU threads per encoder (default 0 = one per core)")
+                        help="ONNX Runtime CPU threads per encoder (0 = one per core)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N",
-                        help="clips (SlowFast) or frames (CLIP) per encoder run (default 4)")
+                        help="clips (SlowFast) or frames (CLIP) per encoder run")
     parser.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
                         help="refuse videos longer than this (default: no limit)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

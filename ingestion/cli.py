@@ -23,17 +23,21 @@ from service.cache import FeatureStore, layout_version
 from service.metrics import Metrics
 from service.quota import Quota
 from service.settings import Settings
+from trdetr_common.cli import HelpFormatter
 from trdetr_common.manifest import Manifest
 
 log = logging.getLogger("trdetr-worker")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trdetr-worker", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trdetr-worker", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="Prometheus port (default: TRDETR_WORKER_METRICS_PORT, 9100; 0 = none)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (settings.redis_url or settings.jobs_redis_url):

@@ -8,7 +8,8 @@ Fields (strings; JSON where structured): ``job_id``, ``video_id``, ``tenant`` (t
 API key that created the job, ``shared`` without keys), ``status`` (``queued``, ``running``,
 ``succeeded``, ``failed``), ``progress`` (0-1), ``created_at`` / ``started_at`` / ``finished_at`` (unix
 seconds), ``owner`` (the worker try holding the job), ``attempts``, ``error`` and ``last_error``
-(``{"code", "message"}``), ``result`` (what was stored), ``source`` (the upload's probe), and
+(``{"code", "message"}``), ``result`` (what was stored), ``source`` (the upload's probe), ``collections``
+(the collections the stored video is added to, JSON list), and
 ``history`` (one entry per try: worker, start, end, outcome; a try whose worker died stays open
 until the next try marks it ``lost``).
 
@@ -106,6 +107,7 @@ class JobRecord:
     last_error: dict[str, str] | None = None
     result: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    collections: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -124,7 +126,7 @@ class JobRecord:
             started_at=number("started_at"), finished_at=number("finished_at"),
             attempts=int(text.get("attempts") or 0), owner=text.get("owner", ""), error=parsed("error"),
             last_error=parsed("last_error"), result=parsed("result"), source=parsed("source") or {},
-            history=parsed("history") or [],
+            collections=parsed("collections") or [], history=parsed("history") or [],
         )
 
 
@@ -146,16 +148,20 @@ class JobStore:
         """The newest job for a video id (a later upload supersedes an earlier one that has not finished)."""
         return f"{self.prefix}:ingest:latest:{tenant}:{video_id}"
 
-    async def create(self, job_id: str, video_id: str, tenant: str, source: dict[str, Any]) -> JobRecord:
-        """A new ``queued`` job (no TTL until it ends), made the newest job of its video id."""
+    async def create(self, job_id: str, video_id: str, tenant: str, source: dict[str, Any],
+                     collections: list[str] | None = None) -> JobRecord:
+        """A new ``queued`` job (no TTL until it ends), made the newest job of its video id; on success the video
+        is added to ``collections``."""
+        collections = collections or []
         now = time.time()
         await self.client.hset(self.key(job_id), mapping={
             "job_id": job_id, "video_id": video_id, "tenant": tenant, "status": "queued", "progress": "0",
             "created_at": repr(now), "attempts": "0", "source": orjson.dumps(source), "history": "[]",
+            "collections": orjson.dumps(collections),
         })
         await self.client.set(self.latest_key(tenant, video_id), job_id, ex=self.ttl_s)
         return JobRecord(job_id=job_id, video_id=video_id, tenant=tenant, status="queued", created_at=now,
-                         source=source)
+                         source=source, collections=collections)
 
     async def discard(self, job_id: str) -> None:
         """Remove a job that was never queued (its upload failed half-way)."""

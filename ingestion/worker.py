@@ -301,7 +301,7 @@ class Worker:
         # stored with the video, so GET /v1/videos/{id} and the job's answer say what was adjusted
         meta = video_meta(parsed)
         meta["notes"] = [*meta["notes"], *video.notes]
-        stored = await self.store.tenant(job.tenant).put(job.video_id, parsed.features, meta)
+        stored = await self.store.tenant(job.tenant).put(job.video_id, parsed.features, meta, job.collections)
         return {"version": stored.get("version"), "num_clips": parsed.num_clips, "extraction_notes": video.notes,
                 "extraction_s": round(extraction_s, 3), "video_duration_s": video.duration_s}
 

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trdetr_common.cli import HelpFormatter, exits_quietly_on_broken_pipe
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -48,16 +50,25 @@ def _common_check_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--random-cases", type=int, default=50, metavar="N",
-        help="random input batches for the parity gates (default 50: edge shapes of 1 clip, 1 token, 75 and "
-        "150 clips and padded mixed batches, then random batch sizes and lengths)",
+        help="random input batches for the parity gates: edge shapes of 1 clip, 1 token, 75 and 150 clips "
+        "and padded mixed batches, then random batch sizes and lengths",
     )
-    parser.add_argument("--atol", type=float, default=1e-4, help="fp32 gate: max abs difference (default 1e-4)")
+    parser.add_argument(
+        "--int8-data", type=Path, metavar="JSONL",
+        help="labelled QVHighlights-format annotation file in the model's feature layout (with --int8-v-feat-dirs "
+        "and --int8-t-feat-dir): every 4th row calibrates the int8 graph, the others gate it (top-1 moment, "
+        "saliency Spearman, and R1@0.5 within 1 point of fp32)",
+    )
+    parser.add_argument("--int8-v-feat-dirs", type=Path, nargs="+", metavar="DIR",
+                        help="video feature folders of --int8-data, in the model's group order")
+    parser.add_argument("--int8-t-feat-dir", type=Path, metavar="DIR", help="text feature folder of --int8-data")
+    parser.add_argument("--atol", type=float, default=1e-4, help="fp32 gate: max abs difference")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trdetr-export",
+        prog="trdetr-export", formatter_class=HelpFormatter,
         description="Export a TR-DETR checkpoint to an ONNX model bundle (model.onnx, manifest.json, "
         "parity.json, optionally model.fp16.onnx, text_encoder.onnx, tokenizer.json) and run the parity "
         "gates; exits 1 naming the failing output, case and difference when a gate fails. "
@@ -69,6 +80,16 @@ def export_parser() -> argparse.ArgumentParser:
         "--fp16", action="store_true",
         help="also write model.fp16.onnx: fp16 weights and compute, float32 inputs/outputs, LayerNorm, Softmax, "
         "inverse sigmoid (Log) and GRU kept in fp32; gated on top-1 moment, span IoU and saliency rank",
+    )
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="also write model.int8.onnx for the CPU: int8 per-channel weights in every weight MatMul, float32 I/O; "
+        "gated on top-1 moment (decisive rows), saliency Spearman and, with --int8-data, R1@0.5",
+    )
+    parser.add_argument(
+        "--int8-mode", choices=("static", "dynamic"), default="static",
+        help="static: QDQ with activation ranges calibrated on real-distribution inputs (default); dynamic: "
+        "activation ranges per run, no calibration",
     )
     parser.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 18)")
     parser.add_argument(
@@ -92,7 +113,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trdetr-export verify",
+        prog="trdetr-export verify", formatter_class=HelpFormatter,
         description="Re-check an existing bundle: manifest schema, sha256 of every file, graph inputs/outputs, "
         "then the parity gates (torch vs ORT with --checkpoint, the official outputs with --fixtures, the fp16 "
         "graph against the fp32 graph otherwise). Exits 1 on any failure.",
@@ -114,6 +135,8 @@ def _run_export(args: argparse.Namespace) -> int:
     from model_export.pann import load_pann
     from model_export.slowfast import load_slowfast
 
+    if args.int8_data is not None and not args.int8:
+        raise ValueError("--int8-data calibrates and gates the int8 graph: add --int8")
     groups = parse_video_groups(args.video_groups) if args.video_groups else None
     audio_groups = parse_audio_groups(args.audio_groups) if args.audio_groups else None
     towers = clip_towers(args.text_encoder) if args.text_encoder else set()
@@ -126,6 +149,7 @@ def _run_export(args: argparse.Namespace) -> int:
         image_encoder_dir=args.text_encoder if "vision" in towers else None,
         slowfast=load_slowfast(args.slowfast) if args.slowfast else None, audio_groups=audio_groups,
         pann=load_pann(args.pann) if args.pann else None,
+        int8=args.int8, int8_mode=args.int8_mode, int8_data=_int8_data(args),
     )
     _print_gates(manifest.parity.get("gates", []), manifest.parity.get("skipped", []))
     print(f"bundle written: {args.out} (files: {', '.join(sorted(manifest.files))})")
@@ -141,7 +165,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     report = verify_bundle(
         args.bundle, args.checkpoint, args.fixtures, text_encoder_dir=args.text_encoder,
         num_random_cases=args.random_cases, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
-        slowfast=load_slowfast(args.slowfast) if args.slowfast else None,
+        slowfast=load_slowfast(args.slowfast) if args.slowfast else None, int8_data=_int8_data(args),
         pann=load_pann(args.pann) if args.pann else None,
     )
     if args.report:
@@ -149,6 +173,18 @@ def _run_verify(args: argparse.Namespace) -> int:
     _print_gates(summarize(report["gates"])["gates"], report["skipped"])
     print(f"bundle verified: {args.bundle}")
     return 0
+
+
+def _int8_data(args: argparse.Namespace):
+    """--int8-data and its feature folders as a training.dataset.DatasetConfig (None without --int8-data)."""
+    if args.int8_data is None:
+        return None
+    if not args.int8_v_feat_dirs or args.int8_t_feat_dir is None:
+        raise ValueError("--int8-data needs --int8-v-feat-dirs DIR [DIR ...] and --int8-t-feat-dir DIR")
+    from training.dataset import DatasetConfig
+
+    return DatasetConfig(annotation_path=args.int8_data, v_feat_dirs=tuple(args.int8_v_feat_dirs),
+                         t_feat_dir=args.int8_t_feat_dir, max_v_l=None)
 
 
 def _print_gates(gates: list[dict], skipped: list[str]) -> None:
@@ -159,6 +195,26 @@ def _print_gates(gates: list[dict], skipped: list[str]) -> None:
         print(f"[SKIP] {note}")
 
 
+def _check_paths(args: argparse.Namespace, verifying: bool) -> None:
+    """Say what to fix when a path argument is of the wrong kind (before anything is loaded).
+
+    Raises:
+        ValueError: a checkpoint that is a directory (or a bundle that is a file), or a missing input.
+    """
+    checkpoint = args.checkpoint
+    if checkpoint is not None and checkpoint.is_dir():
+        is_bundle = (checkpoint / "manifest.json").exists()
+        hint = "; to re-check a bundle directory: trdetr-export verify BUNDLE_DIR" if is_bundle else ""
+        raise ValueError(f"checkpoint {checkpoint} is a directory: give the checkpoint file (.ckpt/.pth){hint}")
+    if checkpoint is not None and not checkpoint.exists():
+        raise ValueError(f"checkpoint {checkpoint}: no such file")
+    if verifying and not args.bundle.is_dir():
+        raise ValueError(f"bundle {args.bundle} is not a directory (give the folder written by trdetr-export)")
+    if not verifying and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: give a directory for the bundle")
+
+
+@exits_quietly_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trdetr-export``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -171,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model_export.pann import PannWeightsError
 
     try:
+        _check_paths(args, verifying)
         return _run_verify(args) if verifying else _run_export(args)
     except (ParityError, VerificationError, ExportError) as error:
         print(f"trdetr-export: FAILED: {error}", file=sys.stderr)

@@ -19,11 +19,12 @@ from service.embedded_redis import EmbeddedRedis
 from service.errors import install_error_handlers
 from service.inference.batcher import DynamicBatcher
 from service.inference.bundle import ModelBundle
+from service.inference.text_queries import TextQueryEncoder
 from service.ingest_setup import start_ingest, stop_ingest
 from service.metrics import Metrics
 from service.middleware import VIDEO_UPLOAD_PATH, BodyLimitMiddleware, MetricsMiddleware
 from service.quota import Quota
-from service.routers import ingest, ops, search, videos
+from service.routers import collection_search, collections, ingest, kserve, ops, search, videos
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ async def _start(runtime: Runtime) -> None:
         max_queue_size=settings.max_queue_size, metrics=runtime.metrics,
     )
     await runtime.batcher.start()
+    if bundle.text_encoder is not None:
+        runtime.text = TextQueryEncoder(bundle.text_encoder, cache_entries=settings.text_cache_entries,
+                                        max_batch=settings.text_max_batch_size, metrics=runtime.metrics)
+        await runtime.text.start()
     await start_ingest(runtime, url)
     # Everything loaded so far lives as long as the app: keep it out of the cyclic GC, whose full
     # collections over it took ~60-75 ms on the 2-core build machine (a pause inside some request).
@@ -88,6 +93,8 @@ async def _stop(runtime: Runtime) -> None:
     await stop_ingest(runtime)
     if runtime.batcher is not None:
         await runtime.batcher.stop()
+    if runtime.text is not None:
+        await runtime.text.stop()
     if runtime.store is not None:
         await runtime.store.close()
     if runtime.embedded_redis is not None:
@@ -128,7 +135,8 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
     app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s, metrics=metrics,
                        exempt_put=VIDEO_UPLOAD_PATH)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for router in (videos.router, ingest.router, search.router, ops.router):
+    for router in (videos.router, collections.router, ingest.router, search.router, collection_search.router,
+                   ops.router, kserve.health, kserve.router):
         app.include_router(router)
     install_docs(app, settings)
     return app

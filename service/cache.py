@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -142,6 +142,7 @@ class FeatureStore:
         self.metrics = metrics
         self.put_script = self.bulk.register_script(PUT_SCRIPT)
         self.delete_script = client.register_script(DELETE_SCRIPT)
+        self.scripts: dict[str, Any] = {}  # more scripts, registered on first use (service.collections)
 
     @classmethod
     def from_url(
@@ -214,8 +215,11 @@ class TenantStore:
     def _local_key(self, video_id: str) -> str:
         return f"{self.tenant_id}/{video_id}"
 
-    async def put(self, video_id: str, features: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    async def put(self, video_id: str, features: np.ndarray, meta: dict[str, Any],
+                  collections: Sequence[str] = ()) -> dict[str, Any]:
         """Store ``features`` (T, D) as fp16 with a TTL, atomically replacing any previous version.
+
+        The video is added to ``collections`` (created when new); collections it already belongs to are kept.
 
         The meta gets a fresh ``version``, which tells every replica that its local copy is stale.
         403 ``quota_exceeded`` when the tenant's quota would be exceeded (nothing is changed then).
@@ -224,20 +228,21 @@ class TenantStore:
         meta = {**meta, "stored_at": time.time(), "storage_dtype": STORAGE_FORMAT, "version": uuid.uuid4().hex}
         store.local.forget(self._local_key(video_id))
         blob = np.ascontiguousarray(features, dtype=STORAGE_DTYPE).tobytes()
-        result = await self._put(video_id, blob, meta)
+        result = await self._put(video_id, blob, meta, collections)
         if result[0] == 0 and await self._forget_evicted():
-            result = await self._put(video_id, blob, meta)
+            result = await self._put(video_id, blob, meta, collections)
         if result[0] == 0:
             which = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
             raise quota_exceeded(which, store.quota, int(result[2]), int(result[3]), int(result[4]))
         store.metrics.cache.labels("put", "stored").inc()
-        return {**meta, "ttl_s": store.ttl_s}
+        return {**meta, "ttl_s": store.ttl_s, "collections": sorted(name.decode() for name in result[5])}
 
-    async def _put(self, video_id: str, blob: bytes, meta: dict[str, Any]) -> list[Any]:
+    async def _put(self, video_id: str, blob: bytes, meta: dict[str, Any], collections: Sequence[str]) -> list[Any]:
         store, quota = self.store, self.store.quota
         return await store.redis("put", store.put_script(
             keys=[self.keys.video(video_id), *self.keys.books()],
-            args=[video_id, blob, orjson.dumps(meta), store.ttl_s, time.time(), quota.max_videos, quota.max_bytes],
+            args=[video_id, blob, orjson.dumps(meta), store.ttl_s, time.time(), quota.max_videos, quota.max_bytes,
+                  self.keys.base, *dict.fromkeys(collections)],
         ))
 
     async def _forget_evicted(self) -> int:
@@ -254,12 +259,18 @@ class TenantStore:
         forgotten = 0
         for video_id, exists in zip(ids, present, strict=True):
             if not exists:
-                await store.redis("put", store.delete_script(
-                    keys=[self.keys.video(video_id), *self.keys.books()], args=[video_id, "1"]))
+                await self.forget_if_gone(video_id, "put")
                 forgotten += 1
         if forgotten:
             log.info("tenant %s: forgot %d evicted videos in the quota books", self.tenant_id, forgotten)
         return forgotten
+
+    async def forget_if_gone(self, video_id: str, op: str = "forget") -> None:
+        """Drop a video Redis no longer holds (expired, evicted) from the books, the listing and its collections."""
+        store = self.store
+        store.local.forget(self._local_key(video_id))
+        await store.redis(op, store.delete_script(
+            keys=[self.keys.video(video_id), *self.keys.books()], args=[video_id, "1", self.keys.base]))
 
     async def video_input(self, video_id: str) -> np.ndarray:
         """The model's video input (T, D + TEF) float32, read-only; 404 when absent or expired.
@@ -291,27 +302,28 @@ class TenantStore:
         return orjson.loads(raw_meta)
 
     async def metadata(self, video_id: str) -> dict[str, Any]:
-        """Metadata plus ``ttl_s`` (seconds left) without reading the features."""
+        """Metadata plus ``ttl_s`` (seconds left) and ``collections`` (names) without reading the features."""
         store, key = self.store, self.keys.video(video_id)
         try:
             async with store.client.pipeline(transaction=True) as pipe:
                 pipe.hget(key, "meta")
                 pipe.ttl(key)
-                raw_meta, ttl = await pipe.execute()
+                pipe.smembers(self.keys.memberships(video_id))
+                raw_meta, ttl, names = await pipe.execute()
         except (RedisError, OSError) as exc:
             store.failed("metadata", exc)
         if raw_meta is None:
             store.metrics.cache.labels("metadata", "miss").inc()
             raise _unknown(video_id)
         store.metrics.cache.labels("metadata", "hit").inc()
-        return {**orjson.loads(raw_meta), "ttl_s": int(ttl)}
+        return {**orjson.loads(raw_meta), "ttl_s": int(ttl), "collections": sorted(n.decode() for n in names)}
 
     async def delete(self, video_id: str) -> None:
         """Remove a video (and its quota entry); 404 when it was not stored."""
         store = self.store
         store.local.forget(self._local_key(video_id))
         removed = await store.redis("delete", store.delete_script(
-            keys=[self.keys.video(video_id), *self.keys.books()], args=[video_id, "0"]))
+            keys=[self.keys.video(video_id), *self.keys.books()], args=[video_id, "0", self.keys.base]))
         if not removed:
             store.metrics.cache.labels("delete", "miss").inc()
             raise _unknown(video_id)

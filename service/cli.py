@@ -18,9 +18,11 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app, load_bundle
+from service.http_protocol import limited_protocol
 from service.inference.bundle import BundleError
 from service.inference.session import ProviderError
 from service.settings import Settings
+from trdetr_common.cli import HelpFormatter
 
 log = logging.getLogger("trdetr-serve")
 
@@ -42,13 +44,16 @@ def _settings(overrides: dict[str, object]) -> Settings:
         _fail(f"invalid setting ({problems}); see the configuration table in README.md")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Start uvicorn on ``TRDETR_HOST:TRDETR_PORT`` (overridable with --host/--port)."""
-    parser = argparse.ArgumentParser(prog="trdetr-serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trdetr-serve", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--host", help="bind address (default: TRDETR_HOST)")
     parser.add_argument("--port", type=int, help="port (default: TRDETR_PORT)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start uvicorn on ``TRDETR_HOST:TRDETR_PORT`` (overridable with --host/--port)."""
+    args = build_parser().parse_args(argv)
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = _settings(overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     uvicorn.run(
         create_app(settings, bundle), host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        http=limited_protocol(settings.header_timeout_s, settings.max_connections),
         access_log=settings.log_level == "debug",  # per-request lines only when debugging; /metrics counts them
     )
 

@@ -102,5 +102,6 @@ class DeadlineMiddleware:
             message = (f"The request did not finish within {seconds} s (TRDETR_REQUEST_TIMEOUT_S); the service "
                        "is overloaded. Retry later or send fewer queries per request.")
         self.metrics.rejected.labels(code).inc()
-        response = error_response(status, code, message, {"timeout_s": self.timeout_s}, headers)
+        response = error_response(status, code, message, {"timeout_s": self.timeout_s}, headers,
+                                  path=scope["path"])
         await response(scope, receive, send)

@@ -15,6 +15,7 @@ from service.embedded_redis import EmbeddedRedis
 from service.errors import ServiceError
 from service.inference.batcher import DynamicBatcher
 from service.inference.bundle import ModelBundle
+from service.inference.text_queries import TextQueryEncoder
 from service.metrics import Metrics
 from service.settings import Settings
 from service.tenancy import Tenant
@@ -43,6 +44,7 @@ class Runtime:
     bundle: ModelBundle | None = None
     store: FeatureStore | None = None
     batcher: DynamicBatcher | None = None
+    text: TextQueryEncoder | None = None
     embedded_redis: EmbeddedRedis | None = None
     ingest: Ingest | None = None
     workers: WorkerPools = field(init=False)

@@ -8,6 +8,7 @@ parse two formats and a client mistake is never reported as a 500.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -86,15 +87,27 @@ class CacheUnavailable(ServiceError):
         )
 
 
-def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON body of every error response; ``details`` is always an object (``{}`` when there are none)."""
+KSERVE_PATH = re.compile(r"^/v2(/health/[^/]+|/models/.*)?$")
+"""Paths of the KServe v2 / Open Inference Protocol, whose clients read ``error`` as a string."""
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None, *,
+               path: str = "") -> dict[str, Any]:
+    """The JSON body of every error response; ``details`` is always an object (``{}`` when there are none).
+
+    Under ``/v2`` (KServe v2) the protocol's shape ``{"error": message}`` with ``code`` and ``details``
+    beside it, so Open Inference Protocol clients (tritonclient, KServe) show the message.
+    """
+    if KSERVE_PATH.match(path):
+        return {"error": message, "code": code, "details": details or {}}
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
 def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+    *, path: str = "",
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, details, path=path), status_code=status, headers=headers)
 
 
 def _count_rejection(request: Request, reason: str) -> None:
@@ -107,7 +120,7 @@ def _count_rejection(request: Request, reason: str) -> None:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     _count_rejection(request, exc.code)
-    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers, path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -122,7 +135,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     summary = "; ".join(f"{p['location']}: {p['problem']}" for p in problems[:5])
-    return error_response(422, "invalid_request", f"The request is invalid: {summary}", {"problems": problems})
+    return error_response(422, "invalid_request", f"The request is invalid: {summary}", {"problems": problems},
+                          path=request.url.path)
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -155,12 +169,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         if request.method == "OPTIONS":  # what this path supports: every method of every route on it
             return Response(status_code=204, headers=headers)
         message = f"Method {request.method} is not allowed on {request.url.path}; it allows {', '.join(methods)}."
-    return error_response(status, code, message, None, headers)
+    return error_response(status, code, message, None, headers, path=request.url.path)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "Internal server error; the incident was logged.")
+    return error_response(500, "internal_error", "Internal server error; the incident was logged.",
+                          path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

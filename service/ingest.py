@@ -74,8 +74,10 @@ class Ingest:
         self.unavailable: str | None = None
         """Why uploads cannot be accepted (the upload store failed at start-up); None when they can."""
 
-    async def accept(self, request: Request, video_id: str, tenant: str, max_clips: int) -> JobRecord:
-        """Receive, check and queue one uploaded video file; returns the queued job."""
+    async def accept(self, request: Request, video_id: str, tenant: str, max_clips: int,
+                     collections: list[str] | None = None) -> JobRecord:
+        """Receive, check and queue one uploaded video file; returns the queued job (its video goes into
+        ``collections`` once stored)."""
         if self.unavailable is not None or self.storage is None:
             raise ServiceError(503, "ingestion_unavailable", f"Video uploads are off on this server: "
                                f"{self.unavailable}.", headers={"Retry-After": "60"})
@@ -88,7 +90,7 @@ class Ingest:
         self.active_uploads += 1
         try:
             await self._check_queue_room()
-            return await self._receive_and_queue(request, video_id, tenant, max_clips)
+            return await self._receive_and_queue(request, video_id, tenant, max_clips, collections or [])
         finally:
             self.active_uploads -= 1
 
@@ -108,7 +110,8 @@ class Ingest:
                                f"being processed (TRDETR_MAX_QUEUED_JOBS = {self.settings.max_queued_jobs}); retry "
                                "later.", asdict(depth), headers={"Retry-After": "30"})
 
-    async def _receive_and_queue(self, request: Request, video_id: str, tenant: str, max_clips: int) -> JobRecord:
+    async def _receive_and_queue(self, request: Request, video_id: str, tenant: str, max_clips: int,
+                                 collections: list[str]) -> JobRecord:
         assert self.storage is not None
         job_id = uuid.uuid4().hex
         spool = self.storage.spool_path(job_id)
@@ -126,7 +129,7 @@ class Ingest:
                   "avg_fps": probe.avg_fps, "rotation_deg": probe.rotation_deg, "has_audio": probe.has_audio,
                   "container": probe.container, "bytes": size, "content_type": request.headers.get("content-type")}
         try:
-            job = await redis_call(self.jobs.create(job_id, video_id, tenant, source))
+            job = await redis_call(self.jobs.create(job_id, video_id, tenant, source, collections))
             await redis_call(self.queue.ensure_group())
             await redis_call(self.queue.enqueue(job_id))
         except BaseException:

@@ -84,15 +84,16 @@ def _decode_feature_queries(runtime: Runtime, queries: list[QueryIn]) -> list[np
 
 
 async def _encode_queries(runtime: Runtime, queries: list[QueryIn]) -> list[np.ndarray]:
-    """One (L_i, text_dim) array per query; all text queries are encoded in one run in a worker thread."""
+    """One (L_i, text_dim) array per query; text queries go through the shared text path (LRU, batched
+    across concurrent requests: :mod:`service.inference.text_queries`)."""
     features = _decode_feature_queries(runtime, queries)  # small arrays: cheaper than a thread hop
     text_rows = [i for i, q in enumerate(queries) if q.text is not None]
     if text_rows:
-        assert runtime.bundle is not None and runtime.bundle.text_encoder is not None
-        texts = [queries[i].text or "" for i in text_rows]
-        encoded = await runtime.workers.encode_text(runtime.bundle.text_encoder.encode, texts)
-        for row, array in zip(text_rows, encoded, strict=True):
-            features[row] = array
+        assert runtime.text is not None
+        # one call per query keeps each 422 naming its own index; the calls still share one encoder run
+        encoded = await asyncio.gather(*(runtime.text.encode([queries[i].text or ""], i) for i in text_rows))
+        for row, arrays in zip(text_rows, encoded, strict=True):
+            features[row] = arrays[0]
     return [array for array in features if array is not None]
 
 

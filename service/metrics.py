@@ -14,6 +14,7 @@ from prometheus_client import (
 from ingestion.metrics import IngestMetrics
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_OVERHEAD_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _WINDOW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -33,6 +34,11 @@ class Metrics:
         self.latency = Histogram(
             "trdetr_http_request_duration_seconds", "HTTP request latency by route template.",
             ["route", "method"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.overhead = Histogram(
+            "trdetr_http_overhead_seconds", "In-app time of a request that ran the model, minus its model runs "
+            "(parsing, Redis, queueing, post-processing, JSON), until the response starts.",
+            buckets=_OVERHEAD_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
             "trdetr_inference_batch_size", "Rows per ONNX Runtime run: one row per query and window "
@@ -61,6 +67,15 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "trdetr_inference_queue_depth", "Requests waiting in the batching queue now.", registry=r
+        )
+        self.text_cache = Counter(
+            "trdetr_text_cache_requests_total", "Query texts by where their encoding came from: hit (LRU of "
+            "encoded queries), in_flight (already being encoded for another request) or miss (encoded).",
+            ["result"], registry=r,
+        )
+        self.text_batch_size = Histogram(
+            "trdetr_text_encode_batch_size", "Query texts per text-encoder run (across concurrent requests).",
+            buckets=_BATCH_BUCKETS, registry=r,
         )
         self.cache = Counter(
             "trdetr_cache_requests_total", "Feature cache operations by operation and result (hit, miss, "

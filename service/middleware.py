@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
-import time
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
 from service.metrics import Metrics
+from service.timing import start_request
 
 VIDEO_UPLOAD_PATH = re.compile(r"^/v1/videos/[^/]+/video$")
 """``PUT`` here uploads a video file (streamed to disk, never held in memory): ``TRDETR_MAX_VIDEO_BYTES``."""
+KSERVE_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+"""``POST`` here carries raw model tensors (a batch of full videos): ``TRDETR_MAX_BODY_BYTES``."""
 UPLOAD_PATH_PREFIX = "/v1/videos/"
 """``PUT`` requests under this path upload files and get ``TRDETR_MAX_BODY_BYTES``; every other body
 (JSON) gets the smaller ``TRDETR_MAX_JSON_BODY_BYTES``."""
@@ -26,7 +28,8 @@ class BodyLimitMiddleware:
     """Refuse bodies over their limit: at once from Content-Length, else while streaming.
 
     Video uploads (``PUT /v1/videos/{id}/video``, streamed to disk) may be up to ``max_video_bytes``;
-    other uploads (``PUT /v1/videos/...``) up to ``max_upload_bytes``; any other body (JSON) up to
+    other uploads (``PUT /v1/videos/...``) and KServe v2 tensors (``POST /v2/models/{name}/infer``) up to
+    ``max_upload_bytes``; any other body (JSON) up to
     ``max_json_bytes``, so a search request can never be as large as a feature file.
     """
 
@@ -41,7 +44,8 @@ class BodyLimitMiddleware:
     def _limit(self, scope: Scope) -> tuple[int, str]:
         if scope["method"] == "PUT" and VIDEO_UPLOAD_PATH.match(scope["path"]):
             return self.max_video_bytes, "TRDETR_MAX_VIDEO_BYTES"
-        if scope["method"] == "PUT" and scope["path"].startswith(UPLOAD_PATH_PREFIX):
+        if (scope["method"] == "PUT" and scope["path"].startswith(UPLOAD_PATH_PREFIX)) or (
+                scope["method"] == "POST" and KSERVE_INFER_PATH.match(scope["path"])):
             return self.max_upload_bytes, "TRDETR_MAX_BODY_BYTES"
         return self.max_json_bytes, "TRDETR_MAX_JSON_BODY_BYTES"
 
@@ -54,7 +58,8 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             self.metrics.rejected.labels("payload_too_large").inc()
             response = error_response(413, "payload_too_large", _too_large_message(limit, setting),
-                                      {"max_body_bytes": limit, "setting": setting}, {"Connection": "close"})
+                                      {"max_body_bytes": limit, "setting": setting}, {"Connection": "close"},
+                                      path=scope["path"])
             await response(scope, receive, send)
             return
         received = 0
@@ -72,7 +77,8 @@ class BodyLimitMiddleware:
 
 
 class MetricsMiddleware:
-    """Count requests by route template, method and status, and time them."""
+    """Count requests by route template, method and status, and time them; for requests that ran the model,
+    the ``Server-Timing`` header and the in-app overhead (:mod:`service.timing`)."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
@@ -82,13 +88,16 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        timing = start_request()
         status = 500
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if timing.model_runs:
+                    message["headers"] = [*message.get("headers", []), (b"server-timing", timing.server_timing())]
+                    self.metrics.overhead.observe(timing.elapsed_s() - timing.model_s)
             await send(message)
 
         try:
@@ -98,4 +107,4 @@ class MetricsMiddleware:
             template = getattr(route, "path", None) or "<unmatched>"
             method = scope["method"]
             self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(template, method).observe(timing.elapsed_s())

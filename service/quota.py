@@ -15,6 +15,11 @@ by itself under ``maxmemory`` (LRU eviction) stays in the books until a put is r
 store drops every entry whose video is gone (:data:`FORGET_SCRIPT`, which checks that the video key
 is still absent) and tries once more. If Redis evicts the bookkeeping keys themselves, counting
 restarts from the videos stored afterwards (documented in service/README.md).
+
+The same scripts keep the listing index and the collections (:mod:`service.collections`) in step: a put
+gives a new video the next insertion number (a replaced one keeps its own, so listing cursors stay
+valid) and adds it to the collections named with it; a delete, a forgotten eviction and the sweep of
+expired videos (run by every put and before every listing or search) take it out of all of them.
 """
 
 from __future__ import annotations
@@ -23,16 +28,44 @@ from dataclasses import dataclass
 
 from service.errors import ServiceError
 
-PUT_SCRIPT = """
--- KEYS: video, sizes, expiry, bytes.  ARGV: video_id, feat, meta, ttl_s, now_s, max_videos, max_bytes
-local id, ttl, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
-local max_videos, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
-local size = string.len(ARGV[2]) + string.len(ARGV[3])
-for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  redis.call('DECRBY', KEYS[4], tonumber(redis.call('HGET', KEYS[2], gone) or '0'))
-  redis.call('HDEL', KEYS[2], gone)
+UNLIST_LUA = """
+local function unlist(base, id)
+  redis.call('ZREM', base .. ':index', id)
+  local memberships = base .. ':vcoll:' .. id
+  for _, name in ipairs(redis.call('SMEMBERS', memberships)) do
+    redis.call('ZREM', base .. ':coll:' .. name, id)
+  end
+  redis.call('DEL', memberships)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+"""
+"""Lua: take a video out of the tenant's listing index and every collection it belongs to (the keys are
+built from ``base``, the tenant's key base: they share its hash tag, hence its slot)."""
+
+SWEEP_LUA = UNLIST_LUA + """
+local function sweep(sizes, expiry, bytes, base, now)
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
+    redis.call('DECRBY', bytes, tonumber(redis.call('HGET', sizes, gone) or '0'))
+    redis.call('HDEL', sizes, gone)
+    unlist(base, gone)
+  end
+  redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
+end
+"""
+"""Lua: forget every video whose TTL has passed (books, listing index, collections)."""
+
+SWEEP_SCRIPT = SWEEP_LUA + """
+-- KEYS: sizes, expiry, bytes.  ARGV: base, now_s
+sweep(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]))
+return 1
+"""
+
+PUT_SCRIPT = SWEEP_LUA + """
+-- KEYS: video, sizes, expiry, bytes.  ARGV: video_id, feat, meta, ttl_s, now_s, max_videos, max_bytes, base,
+-- collection names to add the video to...
+local id, ttl, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_videos, max_bytes, base = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local size = string.len(ARGV[2]) + string.len(ARGV[3])
+sweep(KEYS[2], KEYS[3], KEYS[4], base, now)
 local old = tonumber(redis.call('HGET', KEYS[2], id) or '-1')
 local videos = redis.call('HLEN', KEYS[2])
 if old < 0 then videos = videos + 1 end
@@ -46,11 +79,30 @@ redis.call('HSET', KEYS[2], id, size)
 redis.call('ZADD', KEYS[3], now + ttl, id)
 redis.call('SET', KEYS[4], used)
 for i = 2, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
-return {1, 'ok', videos, used, size}
+-- listing order: a video keeps its place when replaced (cursors stay valid); a new one goes last
+local index, names = base .. ':index', base .. ':collections'
+local seq = redis.call('ZSCORE', index, id)
+if not seq then
+  seq = redis.call('INCR', base .. ':seq')
+  redis.call('ZADD', index, seq, id)
+end
+local memberships = base .. ':vcoll:' .. id
+for i = 9, #ARGV do
+  redis.call('SADD', memberships, ARGV[i])
+  redis.call('SADD', names, ARGV[i])
+end
+for _, name in ipairs(redis.call('SMEMBERS', memberships)) do
+  redis.call('ZADD', base .. ':coll:' .. name, seq, id)
+  redis.call('EXPIRE', base .. ':coll:' .. name, ttl)
+end
+if redis.call('EXISTS', memberships) == 1 then redis.call('EXPIRE', memberships, 2 * ttl) end
+for _, key in ipairs({index, base .. ':seq'}) do redis.call('EXPIRE', key, ttl) end
+if redis.call('EXISTS', names) == 1 then redis.call('EXPIRE', names, ttl) end
+return {1, 'ok', videos, used, size, redis.call('SMEMBERS', memberships)}
 """
 
-DELETE_SCRIPT = """
--- KEYS: video, sizes, expiry, bytes.  ARGV: video_id, only_if_gone ('1': forget an evicted video)
+DELETE_SCRIPT = UNLIST_LUA + """
+-- KEYS: video, sizes, expiry, bytes.  ARGV: video_id, only_if_gone ('1': forget an evicted video), base
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local removed = redis.call('DEL', KEYS[1])
 local size = redis.call('HGET', KEYS[2], ARGV[1])
@@ -59,6 +111,7 @@ if size then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('DECRBY', KEYS[4], tonumber(size))
 end
+unlist(ARGV[3], ARGV[1])
 return removed
 """
 FORGET_SCRIPT = DELETE_SCRIPT  # with only_if_gone = '1'
@@ -86,6 +139,26 @@ class TenantKeys:
     def books(self) -> list[str]:
         """``sizes``, ``expiry``, ``bytes``: the script keys after the video's own."""
         return [f"{self.base}:sizes", f"{self.base}:expiry", f"{self.base}:bytes"]
+
+    def index(self) -> str:
+        """Sorted set ``video_id -> insertion number``: the listing order of the tenant's videos."""
+        return f"{self.base}:index"
+
+    def collection_names(self) -> str:
+        """Set of the tenant's collection names."""
+        return f"{self.base}:collections"
+
+    def collection(self, name: str) -> str:
+        """Sorted set ``video_id -> insertion number`` of one collection (the video's number in :meth:`index`)."""
+        return f"{self.base}:coll:{name}"
+
+    def search_results(self, token: str) -> str:
+        """The ranked results of one ``POST /v1/search``, kept for its cursor's next pages."""
+        return f"{self.base}:search:{token}"
+
+    def memberships(self, video_id: str) -> str:
+        """Set of the collection names a video belongs to."""
+        return f"{self.base}:vcoll:{video_id}"
 
 
 @dataclass(frozen=True)

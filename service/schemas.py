@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 VIDEO_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+MAX_COLLECTIONS_PER_UPLOAD = 16
 
 
 class _In(BaseModel):
@@ -97,6 +99,44 @@ class HighlightsRequest(SearchRequest):
     )
 
 
+class CollectionSearchRequest(_In):
+    """One query over many stored videos: a collection's, or a list of ids."""
+
+    query: Annotated[str, Field(min_length=1)] | QueryIn = Field(
+        description="A query text, or a query object ({'text'} or {'features_b64'}).")
+    collection: str | None = Field(default=None, pattern=COLLECTION_PATTERN, description="Search this collection.")
+    video_ids: list[Annotated[str, Field(pattern=VIDEO_ID_PATTERN)]] | None = Field(
+        default=None, min_length=1, description="Or search these stored videos (at most TRDETR_SEARCH_MAX_VIDEO_IDS).")
+    top_k: int = Field(default=10, ge=1, le=100, description="Moments in this page of results.")
+    per_video_k: int = Field(default=3, ge=1, le=20, description="Most moments of one video in the ranking.")
+    nms_iou: float | None = Field(
+        default=None, ge=0, le=1, description="Within a video, drop moments overlapping a better one by more than this.")
+    min_score: float | None = Field(default=None, ge=0, le=1, description="Drop moments scoring below this.")
+    cursor: str | None = Field(default=None, max_length=200,
+                               description="next_cursor of the previous page (send the same request with it).")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "a man plays the guitar on stage", "collection": "concerts",
+                                         "top_k": 10, "per_video_k": 2}]},
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _as_object(cls, query: str | QueryIn) -> QueryIn:
+        return QueryIn(text=query) if isinstance(query, str) else query
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> CollectionSearchRequest:
+        if (self.collection is None) == (self.video_ids is None):
+            raise ValueError("give exactly one of 'collection' (a collection name) or 'video_ids' (stored videos)")
+        return self
+
+    def query_object(self) -> QueryIn:
+        assert isinstance(self.query, QueryIn)
+        return self.query
+
+
 # --- responses -------------------------------------------------------------------------------
 class VideoInfo(BaseModel):
     video_id: str
@@ -109,6 +149,7 @@ class VideoInfo(BaseModel):
     ttl_s: int = Field(description="Seconds until the features expire.")
     expires_at: float = Field(description="Unix time of expiry.")
     notes: list[str] = Field(default_factory=list, description="What the service changed (e.g. truncation).")
+    collections: list[str] = Field(default_factory=list, description="Names of the collections it belongs to.")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -119,6 +160,33 @@ class VideoInfo(BaseModel):
             ]
         }
     )
+
+
+class VideoList(BaseModel):
+    """One page of stored videos, in the order they were first stored."""
+
+    videos: list[VideoInfo]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    videos: int = Field(description="Stored (unexpired) videos in the collection.")
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionInfo] = Field(description="Every collection of this API key, by name.")
+
+
+class CollectionMember(BaseModel):
+    collection: str
+    video_id: str
+    member: bool = Field(description="Whether the video is in the collection now.")
+
+
+class CollectionDeleted(BaseModel):
+    collection: str
+    deleted: bool = True
 
 
 class Deleted(BaseModel):
@@ -173,6 +241,32 @@ class MomentsResponse(BaseModel):
     )
 
 
+class SearchHit(BaseModel):
+    video_id: str
+    start: float = Field(description="Seconds from the video start.")
+    end: float = Field(description="Seconds from the video start.")
+    score: float = Field(description="Foreground probability of the moment, 0-1, as /v1/moments gives it.")
+
+
+class CollectionSearchResponse(BaseModel):
+    results: list[SearchHit] = Field(description="Best first across videos; at most per_video_k of one video.")
+    next_cursor: str | None = Field(description="Send the same request with this cursor for the next page.")
+    searched_videos: int = Field(description="Stored videos in scope (the collection, or the given ids found).")
+    candidate_videos: int = Field(description="Videos TR-DETR ran on (fewer than searched_videos when the scope was "
+                                  "cut at TRDETR_SEARCH_EXHAUSTIVE_LIMIT).")
+    stage1: Literal["none", "exhaustive_limit"] = Field(
+        description="none: every video in scope was searched by TR-DETR; exhaustive_limit: the scope was larger "
+        "than TRDETR_SEARCH_EXHAUSTIVE_LIMIT and no stage-1 candidate index exists yet, so only its first "
+        "TRDETR_SEARCH_EXHAUSTIVE_LIMIT videos (in the order they were stored) were searched.")
+    notes: list[str] = Field(default_factory=list, description="What limited this search, if anything.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"results": [{"video_id": "concert-17", "start": 24.0, "end": 58.0, "score": 0.91},
+                     {"video_id": "concert-3", "start": 96.0, "end": 110.0, "score": 0.84}],
+         "next_cursor": "s1.3f1c9a0e5b7d4e2f.2", "searched_videos": 240, "candidate_videos": 240, "stage1": "none",
+         "notes": []}]})
+
+
 class ClipScore(BaseModel):
     clip: int = Field(description="Clip index, 0-based.")
     start: float = Field(description="Clip start in seconds.")
@@ -217,7 +311,8 @@ class ModelInfo(BaseModel):
     created_at: str
     untrained: bool = Field(description="True for demo bundles with random weights: answers are meaningless.")
     source_checkpoint: dict
-    precision: str
+    precision: str = Field(description="Which of the bundle's graphs runs: fp32, fp16 or int8 (TRDETR_PRECISION).")
+    model_file: str = Field(description="The bundle's ONNX file of that graph, e.g. model.int8.onnx.")
     providers: list[str] = Field(description="ONNX Runtime execution providers actually active.")
     text_encoder: bool = Field(description="Whether text queries are accepted.")
     text_features_expected: str
@@ -263,9 +358,19 @@ class ErrorResponse(BaseModel):
     )
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for these statuses, all with the :class:`ErrorResponse` shape."""
-    return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
+class KServeErrorResponse(BaseModel):
+    """Errors under ``/v2``: the KServe v2 protocol's ``{"error": message}``, with the code and details beside."""
+
+    error: str = Field(description="What went wrong and what to fix.")
+    code: str = Field(description="Stable machine-readable error code (see service/README.md).")
+    details: dict[str, Any] = Field(default_factory=dict, description="Structured context; always an object.")
+
+
+def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these statuses, with the :class:`ErrorResponse` shape (``kserve``:
+    :class:`KServeErrorResponse`)."""
+    model = KServeErrorResponse if kserve else ErrorResponse
+    return {status: {"model": model, "description": ERROR_MEANINGS[status]} for status in statuses}
 
 
 ERROR_MEANINGS = {

@@ -32,8 +32,10 @@ class Settings(BaseSettings):
         default=DEFAULT_BUNDLE_DIR,
         description="Model bundle written by trdetr-export (defaults to the untrained demo bundle).",
     )
-    precision: Literal["fp32", "fp16"] = Field(
-        default="fp32", description="Which ONNX graph of the bundle to run (fp16 needs model.fp16.onnx)."
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32",
+        description="Which ONNX graph of the bundle to run (fp16 needs model.fp16.onnx, int8 needs model.int8.onnx, "
+        "a CPU graph written by trdetr-export --int8).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
@@ -59,6 +61,23 @@ class Settings(BaseSettings):
         description="Deadline of a whole request: receiving the body, Redis, decoding, text encoding, queueing "
         "and inference. A body not received in time -> 408 (connection closed), anything else -> 504; "
         "work that would wait longer than this for inference is refused up front (429).",
+    )
+
+    # --- text queries ----------------------------------------------------------------------
+    text_cache_entries: int = Field(
+        default=2048, ge=0,
+        description="Encoded query texts each replica keeps (LRU keyed by the normalised text and the encoder's "
+        "hash; 0 disables). Each costs L x text_dim x 4 bytes: 20 KB for 10 CLIP tokens, 64 KB at most.",
+    )
+    text_max_batch_size: int = Field(
+        default=64, ge=1, description="Most query texts in one text-encoder run (texts of concurrent requests "
+        "are batched together).",
+    )
+
+    # --- KServe v2 / Open Inference Protocol ------------------------------------------------
+    kserve_model_name: str = Field(
+        default="trdetr", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Model name of the KServe v2 endpoints (/v2/models/{name}/infer, metadata, readiness).",
     )
 
     # --- long videos -------------------------------------------------------------------------
@@ -157,6 +176,19 @@ class Settings(BaseSettings):
         description="With API keys set, serve /docs, /redoc and /openapi.json without a key too.",
     )
 
+    # --- search across videos (POST /v1/search) ------------------------------------------------
+    search_exhaustive_limit: int = Field(
+        default=1000, ge=1,
+        description="Most videos TR-DETR searches in one POST /v1/search (there is no stage-1 candidate index yet); "
+        "a larger scope is cut to its first videos in insertion order and the response says so.",
+    )
+    search_max_video_ids: int = Field(
+        default=1000, ge=1, description="Most video_ids one POST /v1/search may name (422 beyond)."
+    )
+    search_cursor_ttl_s: int = Field(
+        default=600, ge=1, description="How long the next pages of a POST /v1/search stay available to its cursor."
+    )
+
     # --- video ingestion (PUT /v1/videos/{id}/video, jobs, workers) ----------------------------
     max_video_bytes: int = Field(
         default=2 * 1024**3, ge=1024,
@@ -231,6 +263,15 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Bind address of trdetr-serve.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of trdetr-serve.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds a connection may take to send a request's line and headers (from "
+        "opening, or from the previous response on a kept-alive connection); slower -> 408 `header_timeout` and "
+        "the connection is closed (slowloris)."
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="Open connections one server process accepts; one more gets 503 "
+        "`too_many_connections` and is closed at once."
+    )
     graceful_shutdown_s: int = Field(
         default=20, ge=0, description="Seconds uvicorn waits for in-flight requests on shutdown, and a stopping "
         "ingestion worker lets its job run before giving it back to the queue."

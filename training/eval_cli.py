@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.evaluation import EvaluationError, evaluate, validate_annotation, validate_prediction
+from trdetr_common.cli import HelpFormatter, exits_quietly_on_broken_pipe
 
 __all__ = ["main", "read_records"]
 
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trdetr-eval",
         description="QVHighlights moment retrieval and highlight detection metrics (official definitions).",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("predictions", type=Path, help="prediction jsonl (qid, pred_relevant_windows, ...)")
     parser.add_argument("annotations", type=Path, help="annotation jsonl, e.g. highlight_val_release.jsonl")
@@ -71,11 +73,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate the qids present in both files instead of requiring the same qids",
     )
+    parser.add_argument(
+        "--max-v-l", type=int, default=None, metavar="N",
+        help="the predictions were made on videos cut to their first N clips (trdetr-predict --max-v-l N): "
+        "N saliency scores are then accepted for longer videos. Default: one score per clip of every video",
+    )
     return parser
 
 
+@exits_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 bad input, 2 bad usage)."""
+    """Run the CLI; returns the exit status (0 ok, 1 bad input, 2 bad usage, 141 stdout closed early)."""
     args = _parser().parse_args(argv)
     try:
         predictions = read_records(args.predictions, validate_prediction)
@@ -88,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 highlights="pred_saliency_scores" in first,
             ),
         )
-        metrics = evaluate(predictions, annotations, match_number=not args.shared_qids_only)
+        metrics = evaluate(predictions, annotations, match_number=not args.shared_qids_only,
+                           max_clips=args.max_v_l)
     except EvaluationError as error:
         print(f"trdetr-eval: error: {error}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ __all__ = [
     "EvaluationError",
     "IOU_THRESHOLDS",
     "binary_average_precision",
+    "check_saliency_lengths",
     "evaluate",
     "evaluate_highlights",
     "evaluate_moments",
@@ -164,6 +165,33 @@ def _matched(
         )
     shared = pred_qids & gt_qids
     return [p for p in predictions if p["qid"] in shared], [a for a in annotations if a["qid"] in shared]
+
+
+def check_saliency_lengths(
+    predictions: Sequence[Record], annotations: Sequence[Record], max_clips: int | None = None
+) -> None:
+    """Every ``pred_saliency_scores`` must have one score per clip of its video.
+
+    A video of ``duration`` seconds has ``n = int(duration / 2)`` clips; ``n - 1 .. n + 1`` scores are
+    accepted (the release's feature files differ from ``duration / 2`` by one clip for 13 of 1550 val
+    videos). With ``max_clips`` (the ``max_v_l`` the videos were cut to), exactly ``max_clips`` scores are
+    also accepted for a video longer than that. Anything else used to be cut or zero-padded silently.
+
+    Raises:
+        EvaluationError: naming the first qid whose score count does not fit its video.
+    """
+    gt_by_qid = {a["qid"]: a for a in annotations}
+    for p in predictions:
+        duration = gt_by_qid[p["qid"]]["duration"]
+        num_clips, got = int(duration / CLIP_LENGTH_S), len(p["pred_saliency_scores"])
+        if abs(got - num_clips) <= 1 or (max_clips is not None and got == max_clips < num_clips):
+            continue
+        cut = f", or {max_clips} for videos cut to their first {max_clips} clips" if max_clips else ""
+        raise EvaluationError(
+            f"qid {p['qid']}: 'pred_saliency_scores' has {got} scores but its video ({duration} s) has "
+            f"{num_clips} clips of {CLIP_LENGTH_S:g} s: give one score per clip ({num_clips - 1}..{num_clips + 1}"
+            f"{cut}); were the predictions written for another video or cut (trdetr-eval --max-v-l)?"
+        )
 
 
 # --------------------------------------------------------------------------- moment retrieval
@@ -395,7 +423,7 @@ def _brief(moments: dict | None, highlights: dict | None) -> dict[str, float]:
 
 
 def evaluate(
-    predictions: list[dict], annotations: list[dict], *, match_number: bool = True
+    predictions: list[dict], annotations: list[dict], *, match_number: bool = True, max_clips: int | None = None
 ) -> dict[str, dict]:
     """All QVHighlights metrics in the official layout and key order.
 
@@ -409,6 +437,9 @@ def evaluate(
             ``relevant_clip_ids``, ``saliency_scores``).
         match_number: require the same qids on both sides (official default); False evaluates the
             shared qids only.
+        max_clips: the videos were cut to their first ``max_clips`` clips (``max_v_l``), so a
+            prediction of exactly that many saliency scores fits a longer video (see
+            :func:`check_saliency_lengths`).
     Returns:
         ``{"brief": {...}, "HL-min-Fair": ..., "HL-min-Good": ..., "HL-min-VeryGood": ...,
         "full": ..., "long": ..., "middle": ..., "short": ...}`` (percentages, 2 decimals).
@@ -432,6 +463,8 @@ def evaluate(
             raise EvaluationError(
                 f"{task} is evaluated (first prediction has '{key}') but qid {lacking[0]} lacks it"
             )
+    if do_highlights:
+        check_saliency_lengths(predictions, annotations, max_clips)
     moments = evaluate_moments(predictions, annotations) if do_moments else None
     highlights = evaluate_highlights(predictions, annotations) if do_highlights else None
     sections = {**(moments or {}), **(highlights or {})}

@@ -18,46 +18,15 @@ Terms (names as the official code logs them) and default weights (the released `
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, fields
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.matcher import FOREGROUND, HungarianMatcher, MatchIndices
+from training.matcher import FOREGROUND, MatchIndices
+from training.options import LossConfig
 from training.spans import generalized_temporal_iou, span_cxw_to_xx
 
 BACKGROUND = 1
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss and matcher coefficients; field names and defaults as the official released ``opt.json``."""
-
-    span_loss_coef: float = 10.0
-    giou_loss_coef: float = 1.0
-    label_loss_coef: float = 4.0
-    lw_saliency: float = 1.0
-    saliency_margin: float = 0.2
-    VTC_loss_coef: float = 0.3
-    CTC_loss_coef: float = 0.5
-    set_cost_span: float = 10.0
-    set_cost_giou: float = 1.0
-    set_cost_class: float = 4.0
-    aux_loss: bool = True
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-
-    @classmethod
-    def from_opt(cls, opt: argparse.Namespace | dict) -> LossConfig:
-        """Take every known field from an official opt (Namespace or dict); unknown keys are ignored."""
-        values = vars(opt) if isinstance(opt, argparse.Namespace) else dict(opt)
-        return cls(**{f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None})
-
-    def matcher(self) -> HungarianMatcher:
-        return HungarianMatcher(cost_class=self.set_cost_class, cost_span=self.set_cost_span,
-                                cost_giou=self.set_cost_giou)
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,

@@ -17,6 +17,7 @@ answers merged by ``trdetr_common.windows``, the same code the service runs.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class Backend(Protocol):
     text_dim: int
     clip_length: float
     window: int  # the model's trained length in clips: longer videos are windowed
+    video_groups: list[tuple[str, int]] | None  # ordered (name, width) the model was trained on; None: unknown
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -66,19 +68,29 @@ class Backend(Protocol):
 class TorchBackend:
     """A PyTorch TR-DETR in eval mode on ``device``."""
 
-    def __init__(self, model: torch.nn.Module, config, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, config, device: str | torch.device = "cpu",
+                 video_groups: list[tuple[str, int]] | None = None) -> None:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         self.video_dim, self.text_dim = config.vid_input_dim, config.t_feat_dim
         self.clip_length = float(config.clip_length)
         self.window = int(config.max_v_l)
+        self.video_groups = video_groups
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> TorchBackend:
-        from model_export import load_checkpoint
+        """The checkpoint's model, and its video groups as ``trdetr-export`` would record them."""
+        from model_export import build_model, read_checkpoint
+        from model_export.export.layouts import resolve_video_layout
 
-        model, config = load_checkpoint(path)
-        return cls(model, config, device)
+        loaded = read_checkpoint(path)
+        model = build_model(loaded.config)
+        model.load_state_dict(loaded.state_dict, strict=True)
+        config = loaded.config
+        layout = resolve_video_layout(loaded.format, config.v_feat_dim, config.use_tef,
+                                      recorded=loaded.raw_opt.get("video_feature_groups"))
+        groups = None if layout.source == "unknown" else [(g.name, g.dim) for g in layout.groups]
+        return cls(model, config, device, groups)
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -102,6 +114,8 @@ class OnnxBackend:
         pre = self.manifest.preprocessing
         self.video_dim, self.text_dim, self.clip_length = pre.video_input_dim, pre.text_dim, pre.clip_length_s
         self.window = pre.max_video_clips
+        known = pre.video_groups_source != "unknown"
+        self.video_groups = [(g.name, g.dim) for g in pre.video_groups] if known else None
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
@@ -121,8 +135,50 @@ def load_backend(path: str | Path, device: str = "cpu") -> Backend:
     return TorchBackend.from_checkpoint(path, device)
 
 
+def _group_of(folder: str, groups: list[tuple[str, int]]) -> int | None:
+    """Index of the one model group a feature folder is named after (``clip_features`` -> ``clip``), else None."""
+    name = folder.lower()
+    exact = [i for i, (group, _) in enumerate(groups) if name == group.lower()]
+    if exact:
+        return exact[0]
+    prefixed = [i for i, (group, _) in enumerate(groups) if re.match(rf"{re.escape(group.lower())}[_\-.]", name)]
+    return prefixed[0] if len(prefixed) == 1 else None
+
+
+def _describe(groups: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{name} ({dim})" for name, dim in groups)
+
+
+def check_video_groups(model_groups: list[tuple[str, int]] | None, data_groups: list[tuple[str, int]]) -> None:
+    """Raise PredictError unless the ``--v-feat-dirs`` folders give the model's video groups in its order.
+
+    Args:
+        model_groups: ordered ``(name, width)`` the checkpoint or manifest records; None when unknown (then
+            only the total width can be checked, by :func:`check_compatible`).
+        data_groups: ordered ``(folder name, width)`` of the feature folders.
+    Two checks: the widths in order, and, when every folder is named after a different model group
+    (``slowfast_features`` -> ``slowfast``), the names in order; so folders of equal widths given in the
+    wrong order are caught too.
+    """
+    if model_groups is None:
+        return
+    wanted = f"the model takes {len(model_groups)} video feature group(s) in this order: {_describe(model_groups)}"
+    given = f"--v-feat-dirs gives {_describe(data_groups)}"
+    if len(data_groups) != len(model_groups):
+        raise PredictError(f"{wanted}; {given}: give one folder per group")
+    matched = [_group_of(folder, model_groups) for folder, _ in data_groups]
+    if None not in matched and len(set(matched)) == len(matched) and matched != sorted(matched):
+        order = " ".join(data_groups[matched.index(i)][0] for i in range(len(model_groups)))
+        raise PredictError(f"{wanted}; {given}: the folders are in the wrong order, list them as {order}")
+    if [dim for _, dim in data_groups] != [dim for _, dim in model_groups]:
+        hint = ("the folders are in the wrong order" if sorted(d for _, d in data_groups) ==
+                sorted(d for _, d in model_groups) else "the widths differ: are these the features it was trained on?")
+        raise PredictError(f"{wanted}; {given}: {hint}")
+
+
 def check_compatible(backend: Backend, dataset: QVHighlightsDataset) -> None:
-    """Raise PredictError when the dataset's feature widths differ from what the model takes."""
+    """Raise PredictError when the dataset's feature groups or widths differ from what the model takes."""
+    check_video_groups(getattr(backend, "video_groups", None), dataset.video_group_dims())
     item = dataset[0]
     video_dim, text_dim = item["video"].shape[1], item["text"].shape[1]
     if (video_dim, text_dim) != (backend.video_dim, backend.text_dim):

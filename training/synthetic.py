@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.dataset import DatasetConfig
+if TYPE_CHECKING:  # imported when used: writing data (trdetr-synth) needs no torch
+    from training.dataset import DatasetConfig
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class SyntheticSplit:
         return self.root / f"{self.split}.jsonl"
 
     def dataset_config(self, **overrides) -> DatasetConfig:
+        from training.dataset import DatasetConfig
+
         values = dict(annotation_path=self.annotation_path,
                       v_feat_dirs=tuple(self.root / "video" / n for n in self.spec.group_names),
                       t_feat_dir=self.root / "text", clip_length=self.spec.clip_length,

@@ -10,27 +10,22 @@ Example (the official QVHighlights recipe, SlowFast + CLIP video features, CLIP 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from training.options import MODEL_FLAGS, LossConfig, TrainConfig, loss_flags, train_flags
+from trdetr_common.cli import HelpFormatter, exits_quietly_on_broken_pipe
 
-from training.dataset import DatasetConfig, DatasetError, QVHighlightsDataset
-from training.losses import LossConfig, TRDETRCriterion
-from training.trainer import TrainConfig, Trainer, seed_everything
+if TYPE_CHECKING:  # torch is imported only once the arguments are parsed, so --help answers at once
+    from training.dataset import DatasetConfig
+    from training.trainer import Trainer
 
 logger = logging.getLogger("trdetr-train")
 
-MODEL_FLAGS = {  # official opt name -> (type, default)
-    "hidden_dim": (int, 256), "nheads": (int, 8), "enc_layers": (int, 2), "dec_layers": (int, 2),
-    "dim_feedforward": (int, 1024), "num_queries": (int, 10), "dropout": (float, 0.1),
-    "input_dropout": (float, 0.5), "n_input_proj": (int, 2),
-}
-LOSS_FLAGS = {f.name: (type(f.default), f.default) for f in dataclasses.fields(LossConfig) if f.type != "bool"}
-TRAIN_FLAGS = {f.name: (type(f.default), f.default) for f in dataclasses.fields(TrainConfig)
-               if f.name not in ("progress",)}
+LOSS_FLAGS = loss_flags()
+TRAIN_FLAGS = train_flags()
 
 
 def _flag(name: str) -> str:
@@ -38,18 +33,18 @@ def _flag(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trdetr-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="trdetr-train", description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--train-path", type=Path, required=True, help="training annotations (.jsonl)")
     data.add_argument("--eval-path", type=Path, help="validation annotations with labels (.jsonl)")
     data.add_argument("--v-feat-dirs", type=Path, nargs="+", required=True,
                       help="one folder per video feature group (<vid>.npz, key 'features'), in model order")
     data.add_argument("--t-feat-dir", type=Path, required=True, help="text features folder (qid<qid>.npz)")
-    data.add_argument("--max-q-l", type=int, default=32)
-    data.add_argument("--max-v-l", type=int, default=75)
+    data.add_argument("--max-q-l", type=int, default=32, help="query tokens kept (longer queries are cut)")
+    data.add_argument("--max-v-l", type=int, default=75,
+                      help="clips per video kept (longer videos are cut); also the model's window")
     data.add_argument("--clip-length", type=float, default=2.0, help="seconds per clip")
-    data.add_argument("--max-windows", type=int, default=5)
+    data.add_argument("--max-windows", type=int, default=5, help="ground-truth moments kept per query")
     data.add_argument("--no-norm-vfeat", action="store_true", help="do not L2-normalise video groups")
     data.add_argument("--no-norm-tfeat", action="store_true", help="do not L2-normalise text tokens")
     data.add_argument("--no-tef", action="store_true", help="do not append the 2 TEF columns")
@@ -57,15 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave out queries whose feature files are missing/corrupt (default: stop)")
     data.add_argument("--cache-features", action="store_true", help="keep loaded features in memory")
     model = parser.add_argument_group("model (official opt names)")
-    for name, (kind, default) in MODEL_FLAGS.items():
-        model.add_argument(_flag(name), type=kind, default=default, dest=name)
+    for name, (kind, default, text) in MODEL_FLAGS.items():
+        model.add_argument(_flag(name), type=kind, default=default, dest=name, help=text)
     loss = parser.add_argument_group("losses and matcher (official opt names)")
-    for name, (kind, default) in LOSS_FLAGS.items():
-        loss.add_argument(_flag(name), type=kind, default=default, dest=name)
-    loss.add_argument("--no-aux-loss", dest="aux_loss", action="store_false")
+    for name, (kind, default, text) in LOSS_FLAGS.items():
+        loss.add_argument(_flag(name), type=kind, default=default, dest=name, help=text)
+    loss.add_argument("--no-aux-loss", dest="aux_loss", action="store_false",
+                      help="no losses on the intermediate decoder layers")
     train = parser.add_argument_group("optimisation")
-    for name, (kind, default) in TRAIN_FLAGS.items():
-        train.add_argument(_flag(name), type=kind, default=default, dest=name)
+    for name, (kind, default, text) in TRAIN_FLAGS.items():
+        train.add_argument(_flag(name), type=kind, default=default, dest=name, help=text)
     train.add_argument("--out-dir", type=Path, required=True, help="checkpoints and metrics.csv go here")
     train.add_argument("--resume", type=Path, help="continue from a checkpoint written by trdetr-train")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -73,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dataset_config(args: argparse.Namespace, path: Path) -> DatasetConfig:
+    from training.dataset import DatasetConfig
+
     return DatasetConfig(
         annotation_path=path, v_feat_dirs=tuple(args.v_feat_dirs), t_feat_dir=args.t_feat_dir,
         max_q_l=args.max_q_l, max_v_l=args.max_v_l, clip_length=args.clip_length, max_windows=args.max_windows,
@@ -94,6 +92,9 @@ def model_config(args: argparse.Namespace, sample: dict):
 def build_trainer(args: argparse.Namespace) -> Trainer:
     """Datasets, model, criterion and Trainer from parsed CLI arguments (resumed when asked)."""
     from model_export import build_model, read_checkpoint
+    from training.dataset import QVHighlightsDataset
+    from training.losses import TRDETRCriterion
+    from training.trainer import Trainer, seed_everything
 
     train_set = QVHighlightsDataset(dataset_config(args, args.train_path), seed=args.seed)
     val_set = QVHighlightsDataset(dataset_config(args, args.eval_path), seed=args.seed) if args.eval_path else None
@@ -108,9 +109,15 @@ def build_trainer(args: argparse.Namespace) -> Trainer:
     return trainer
 
 
+@exits_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``trdetr-train``; returns the exit status (0 trained, 2 bad arguments or data)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    import torch
+
+    from training.dataset import DatasetError
+
     if args.device == "cuda" and not torch.cuda.is_available():
         print("trdetr-train: --device cuda asked for but CUDA is not available; use --device cpu",
               file=sys.stderr)

@@ -30,28 +30,10 @@ from tqdm import tqdm
 
 from training.dataset import Batch, QVHighlightsDataset, collate
 from training.losses import TRDETRCriterion
+from training.options import TrainConfig
 from training.predict import TorchBackend, predict, write_jsonl
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings; names and defaults as the official ``opt`` (eval_every: official uses 5)."""
-
-    lr: float = 1e-4
-    wd: float = 1e-4
-    lr_drop: int = 400
-    n_epoch: int = 200
-    bsz: int = 32
-    eval_bsz: int = 100
-    grad_clip: float = 0.1
-    seed: int = 2018
-    eval_every: int = 5
-    device: str = "cpu"
-    num_workers: int = 0
-    best_metric: str = "MR-full-mAP"
-    progress: bool = True
 
 
 @dataclass
@@ -194,7 +176,7 @@ class Trainer:
         rows = predict(backend, self.val_set, self.config.eval_bsz, progress=self.config.progress)
         self.model.train()
         self._last_predictions = rows
-        return evaluate(rows, self.val_set.records)
+        return evaluate(rows, self.val_set.records, max_clips=self.val_set.config.max_v_l)
 
     def _maybe_evaluate(self, epoch: int) -> None:
         if self.val_set is None or (epoch + 1) % self.config.eval_every:

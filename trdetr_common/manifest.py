@@ -6,6 +6,7 @@ A bundle is a directory written by ``trdetr-export``::
       manifest.json        # this schema
       model.onnx           # fp32 TR-DETR graph
       model.fp16.onnx      # optional, fp16 weights, fp32 inputs/outputs
+      model.int8.onnx      # optional, int8 weight MatMuls for the CPU, fp32 inputs/outputs
       text_encoder.onnx    # optional, CLIP text transformer (token ids -> (B, L, 512))
       tokenizer.json       # optional, for the `tokenizers` library
       image_encoder.onnx   # optional, CLIP image tower (B, 3, 224, 224) -> (B, 512), group "clip"
@@ -192,6 +193,10 @@ class OnnxSpec(_Strict):
     fp16_ops_kept_fp32: list[str] | None = Field(
         default=None, description="Op types the fp16 graph still computes in float32 (its I/O is float32 too)."
     )
+    int8_file: str | None = Field(
+        default=None, description="CPU graph with int8 weight MatMuls (float32 I/O), gated separately; optional."
+    )
+    int8_quantization: str | None = Field(default=None, description="How the int8 graph was quantized.")
     input_names: list[str] = ["src_txt", "src_txt_mask", "src_vid", "src_vid_mask"]
     output_names: list[str] = ["pred_logits", "pred_spans", "saliency_scores"]
 

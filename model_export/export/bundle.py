@@ -45,10 +45,11 @@ from trdetr_common.manifest import (
 from trdetr_common.text import OPENAI_CLIP, QueryTokenizer
 
 from .audio_encoder import AUDIO_ONNX, attach_audio_encoder, check_audio_encoder_runs, check_pann, export_pann
-from .cases import InputSpec
-from .checks import GateRun, build_cases, run_gates
+from .cases import InputSpec, random_cases
+from .checks import GateRun, build_cases, memoize, run_gates, torch_runner
 from .fp16 import convert_to_fp16
 from .image_encoder import IMAGE_ONNX, check_image_encoder, clip_towers, export_image_encoder
+from .int8 import INT8_FILE, Int8Info, Int8Mode, calibration_batches, dataset_cases, quantize_int8, r1_at_05
 from .layouts import AudioLayout, VideoLayout, resolve_audio_layout, resolve_video_layout
 from .onnx_export import (
     DEFAULT_OPSET,
@@ -60,7 +61,17 @@ from .onnx_export import (
     gru_problems,
     store_exact_fp16_weights,
 )
-from .parity import ParityError, Thresholds, raise_on_failure, summarize
+from .parity import (
+    CPU,
+    ParityError,
+    Thresholds,
+    int8_gate,
+    make_session,
+    ort_runner,
+    r1_gate,
+    raise_on_failure,
+    summarize,
+)
 from .slowfast_encoder import SLOWFAST_ONNX, check_slowfast, export_slowfast
 from .text_encoder import CHECK_QUERIES, TEXT_OUTPUT, check_text_encoder, encode_batch, export_text_encoder
 from .video_encoders import attach_encoders, check_video_encoders_run
@@ -68,7 +79,9 @@ from .video_encoders import attach_encoders, check_video_encoders_run
 FP32_FILE = "model.onnx"
 FP16_FILE = "model.fp16.onnx"
 PARITY_FILE = "parity.json"
-_BUNDLE_FILES = (MANIFEST_NAME, FP32_FILE, FP16_FILE, "text_encoder.onnx", "tokenizer.json", PARITY_FILE,
+INT8_CALIBRATION_ROWS = 128
+INT8_GATE_DATA_ROWS = 400
+_BUNDLE_FILES = (MANIFEST_NAME, FP32_FILE, FP16_FILE, INT8_FILE, "text_encoder.onnx", "tokenizer.json", PARITY_FILE,
                  IMAGE_ONNX, SLOWFAST_ONNX, AUDIO_ONNX)
 CLIP_TEXT_EXPECTED = (
     "CLIP ViT-B/32 text transformer (openai/clip-vit-base-patch32): last_hidden_state after the final "
@@ -112,6 +125,9 @@ def export_bundle(
     slowfast: LoadedSlowFast | None = None,
     audio_groups: Sequence[AudioFeatureGroup] | None = None,
     pann: LoadedPann | None = None,
+    int8: bool = False,
+    int8_mode: Int8Mode = "static",
+    int8_data=None,
 ) -> Manifest:
     """Export ``checkpoint`` into the bundle directory ``out_dir`` and check it.
 
@@ -136,6 +152,10 @@ def export_bundle(
             (official: ``pann`` + TEF, Lighthouse: ``pann`` without TEF; see ``layouts.resolve_audio_layout``).
         pann: a loaded PANN Cnn14 (``model_export.pann.load_pann``); writes audio_encoder.onnx for the audio
             group "pann" and gates it against torch.
+        int8: also write ``model.int8.onnx`` (CPU graph, int8 weight MatMuls, float32 I/O) and gate it.
+        int8_mode: "static" (QDQ, calibrated) or "dynamic" (see ``model_export.export.int8``).
+        int8_data: labelled feature dataset (``training.dataset.DatasetConfig``) in the model's layout: a
+            quarter of its rows calibrate the int8 graph, the rest are gated (top-1, saliency, R1@0.5).
     Returns:
         the written Manifest. Raises ParityError (after writing parity.json) when a gate fails.
     """
@@ -163,6 +183,8 @@ def export_bundle(
     steps.update()
     steps.set_postfix_str(FP16_FILE if fp16 else "no fp16")
     fp32_ops = convert_to_fp16(out_dir / FP32_FILE, out_dir / FP16_FILE) if fp16 else None
+    spec = _input_spec(config, layout, loaded.raw_opt, audio)
+    int8_info = _write_int8(out_dir, spec, int8_mode, int8_data) if int8 else None
     store_exact_fp16_weights(out_dir / FP32_FILE)  # lossless; after the fp16 conversion read the plain graph
     steps.update()
     steps.set_postfix_str("text encoder" if text_encoder_dir else "no text encoder")
@@ -191,7 +213,7 @@ def export_bundle(
     report = _parity_report(
         out_dir, model, config, spec, fp16, text_encoder_dir, fixtures_dir,
         num_random_cases if run_parity else 0, thresholds, run_parity, progress,
-        image_encoder_dir=image_encoder_dir, slowfast=slowfast, pann=pann,
+        image_encoder_dir=image_encoder_dir, slowfast=slowfast, pann=pann, int8=int8, int8_data=int8_data,
     )
     steps.update()
     steps.close()
@@ -207,7 +229,8 @@ def export_bundle(
         ),
         config=config.to_dict(),
         onnx=OnnxSpec(
-            opset=opset, fp32_file=FP32_FILE, fp16_file=FP16_FILE if fp16 else None, fp16_ops_kept_fp32=fp32_ops
+            opset=opset, fp32_file=FP32_FILE, fp16_file=FP16_FILE if fp16 else None, fp16_ops_kept_fp32=fp32_ops,
+            int8_file=INT8_FILE if int8_info else None, int8_quantization=int8_info.describe() if int8_info else None,
         ),
         preprocessing=_preprocessing(config, layout, loaded.raw_opt, text, audio),
         outputs=OUTPUT_SEMANTICS,
@@ -219,6 +242,36 @@ def export_bundle(
     manifest.dump(out_dir)
     _log(f"wrote {out_dir} in {time.perf_counter() - started:.1f} s", progress)
     return manifest
+
+
+def _write_int8(out_dir: Path, spec: InputSpec, mode: Int8Mode, data) -> Int8Info:
+    """Quantize the fp32 graph (before its weights are stored as fp16) into ``model.int8.onnx``.
+
+    Calibration rows, never the gates': the dataset's calibration rows when a dataset is given (random
+    features would stretch the activation ranges real inputs never reach), else seeded random batches (seed 1;
+    the gates use seed 0) built through the preprocessing contract.
+    """
+    if data is not None:
+        cases = dataset_cases(data, INT8_CALIBRATION_ROWS, calibration=True)
+    else:
+        cases = random_cases(spec, 40, seed=1)[9:]  # random lengths, not the gates' edge shapes
+    return quantize_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, calibration_batches(cases, INT8_CALIBRATION_ROWS),
+                         mode=mode)
+
+
+def _int8_gates(bundle_dir: Path, fp32_reference, cases: list, thresholds: Thresholds, reference_label: str,
+                data, manifest_pre: dict, progress: bool) -> list:
+    """int8 graph vs the fp32 reference on the gate cases, and R1@0.5 of both ORT graphs on ``data``."""
+    int8 = ort_runner(make_session(str(bundle_dir / INT8_FILE), CPU))
+    gates = [int8_gate(f"int8 ORT vs {reference_label} (CPUExecutionProvider)", fp32_reference, int8, cases,
+                       provider=CPU, thresholds=thresholds, reference_label=reference_label, progress=progress)]
+    if data is not None:
+        fp32 = ort_runner(make_session(str(bundle_dir / FP32_FILE), CPU))
+        fp32_r1, queries = r1_at_05(fp32, data, **manifest_pre)
+        int8_r1, _ = r1_at_05(int8, data, **manifest_pre)
+        gates.append(r1_gate("int8 R1@0.5 vs fp32 (CPUExecutionProvider)", fp32_r1, int8_r1, queries,
+                             thresholds=thresholds, dataset=str(data.annotation_path)))
+    return gates
 
 
 def _input_spec(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None,
@@ -315,6 +368,8 @@ def _parity_report(
     image_encoder_dir: Path | None = None,
     slowfast: LoadedSlowFast | None = None,
     pann: LoadedPann | None = None,
+    int8: bool = False,
+    int8_data=None,
 ) -> dict:
     """Run the model gates (and the text and video encoder checks) and assemble parity.json's content."""
     report: dict = {
@@ -332,6 +387,12 @@ def _parity_report(
     randoms, fixtures = build_cases(spec, config.vid_input_dim, num_random_cases, fixtures_dir)
     fp16_path = bundle_dir / FP16_FILE if fp16 else None
     run = run_gates(bundle_dir / FP32_FILE, fp16_path, model, randoms, fixtures, thresholds, progress=progress)
+    if int8:
+        data_cases = dataset_cases(int8_data, INT8_GATE_DATA_ROWS, calibration=False) if int8_data else []
+        shapes = {"video_dim": config.vid_input_dim, "text_dim": config.t_feat_dim,
+                  "clip_length": float(config.clip_length), "window": int(config.max_v_l)}
+        run.gates += _int8_gates(bundle_dir, memoize(torch_runner(model)), randoms + fixtures + data_cases,
+                                 thresholds, "torch", int8_data, shapes, progress)
     text = check_text_encoder(text_encoder_dir, bundle_dir, progress=progress) if text_encoder_dir else None
     video = {}
     if image_encoder_dir:
@@ -393,6 +454,7 @@ def verify_bundle(
     progress: bool = False,
     slowfast: LoadedSlowFast | None = None,
     pann: LoadedPann | None = None,
+    int8_data=None,
 ) -> dict:
     """Re-check an existing bundle; returns the report, raises on any failure.
 
@@ -401,6 +463,7 @@ def verify_bundle(
     With ``checkpoint`` (its sha256 must be the manifest's source): torch-vs-ORT fp32 and fp16 gates.
     Without it: the fp16 graph is gated against the bundle's own fp32 graph.
     With ``fixtures_dir``: ORT against the official golden outputs.
+    A bundled int8 graph is gated against torch (or the fp32 graph), with ``int8_data`` also on R1@0.5.
     Bundled video encoders run once on a dummy input; with ``text_encoder_dir`` (a full CLIP directory) the
     image encoder is also gated against transformers, with ``slowfast`` the SlowFast graph against torch.
 
@@ -436,6 +499,14 @@ def verify_bundle(
     fp16_path = bundle_dir / manifest.onnx.fp16_file if manifest.onnx.fp16_file else None
     run = run_gates(bundle_dir / manifest.onnx.fp32_file, fp16_path, model, randoms, fixtures, thresholds,
                     progress=progress)
+    if manifest.onnx.int8_file:
+        reference, label = ((memoize(torch_runner(model)), "torch") if model is not None else
+                            (memoize(ort_runner(make_session(str(bundle_dir / manifest.onnx.fp32_file)))), "ORT fp32"))
+        shapes = {"video_dim": config.vid_input_dim, "text_dim": config.t_feat_dim,
+                  "clip_length": float(config.clip_length), "window": int(config.max_v_l)}
+        data_cases = dataset_cases(int8_data, INT8_GATE_DATA_ROWS, calibration=False) if int8_data else []
+        run.gates += _int8_gates(bundle_dir, reference, randoms + fixtures + data_cases, thresholds, label,
+                                 int8_data, shapes, progress)
     text = _verify_text_encoder(bundle_dir, manifest, text_encoder_dir, progress)
     video = check_video_encoders_run(bundle_dir, manifest)
     if text_encoder_dir is not None and (bundle_dir / IMAGE_ONNX).is_file() and "vision" in clip_towers(text_encoder_dir):
@@ -471,7 +542,7 @@ def _load_manifest(bundle_dir: Path) -> Manifest:
 def _graph_problems(bundle_dir: Path, manifest: Manifest) -> list[str]:
     """Graph-level checks of the model graphs against the manifest's declared I/O."""
     problems = []
-    for name in filter(None, [manifest.onnx.fp32_file, manifest.onnx.fp16_file]):
+    for name in filter(None, [manifest.onnx.fp32_file, manifest.onnx.fp16_file, manifest.onnx.int8_file]):
         if name not in manifest.files:
             problems.append(f"{name} is named in manifest.onnx but not listed (with its sha256) in manifest.files")
             continue

@@ -48,6 +48,14 @@ class Thresholds:
     # Foreground probabilities closer than this are a tie at fp16 precision (fp16 moves the logits
     # by ~1e-3, i.e. probabilities by < 1e-3); see _row_fp16_metrics.
     fp16_tie_margin: float = 1e-3
+    # int8 gate (model.int8.onnx vs the fp32 reference): the top-1 query must be the same on rows whose
+    # reference top-1 foreground probability beats the runner-up by >= int8_decisive_margin (int8 moves
+    # the probabilities by up to a few 1e-2, so closer queries are a coin toss at int8 precision).
+    int8_top1_rate: float = 0.99
+    int8_decisive_margin: float = 0.05
+    int8_min_decisive_rows: int = 10
+    int8_spearman: float = 0.99
+    int8_max_r1_drop: float = 1.0  # R1@0.5 points (0-100) on the benchmark dataset
 
 
 @dataclass
@@ -55,7 +63,7 @@ class GateResult:
     """Outcome of one gate over a list of cases (JSON-serialisable via ``asdict``)."""
 
     name: str
-    kind: str  # "fp32" | "fp16"
+    kind: str  # "fp32" | "fp16" | "int8" | "int8-r1"
     reference: str
     candidate: str
     provider: str
@@ -261,6 +269,94 @@ def _fp16_failures(name: str, rows: list[dict], measured: dict, t: Thresholds) -
             f"{t.fp16_spearman}; worst {worst['saliency_spearman']:.4f} in case {worst['case']} row {worst['row']}"
         )
     return failures
+
+
+def _row_int8_metrics(ref: Arrays, cand: Arrays, row: int, clips: int) -> dict:
+    """Top-1 query agreement, reference margin, top-1 span IoU and valid-clip saliency Spearman of one row.
+
+    The saliency is compared on every row with >= 2 clips and non-constant scores; the gate averages it over
+    the decisive rows with the same top-1 pick (MR2HD refines the saliency with the top-1 moment's clips).
+    """
+    ref_fg, cand_fg = _softmax_fg(ref["pred_logits"][row]), _softmax_fg(cand["pred_logits"][row])
+    ref_top, cand_top = int(ref_fg.argmax()), int(cand_fg.argmax())
+    ranked = np.sort(ref_fg)[::-1]
+    margin = float(ranked[0] - ranked[1]) if len(ranked) > 1 else 1.0
+    ref_sal, cand_sal = ref["saliency_scores"][row, :clips], cand["saliency_scores"][row, :clips]
+    rho = None
+    if clips >= 2 and np.ptp(ref_sal) > 0 and np.ptp(cand_sal) > 0:
+        rho = float(spearmanr(ref_sal, cand_sal).statistic)
+    return {"top1_identical": cand_top == ref_top, "reference_top1_margin": margin,
+            "top1_iou": _span_iou(ref["pred_spans"][row, ref_top], cand["pred_spans"][row, cand_top]),
+            "saliency_spearman": rho}
+
+
+def int8_gate(
+    name: str,
+    reference: Runner,
+    candidate: Runner,
+    cases: Sequence[Case],
+    *,
+    provider: str,
+    thresholds: Thresholds,
+    reference_label: str = "fp32",
+    progress: bool = False,
+) -> GateResult:
+    """Task-level agreement of the int8 graph with the fp32 reference on decisive-margin rows.
+
+    Passes when the top-1 query is identical on >= ``int8_top1_rate`` of the rows whose reference margin is
+    >= ``int8_decisive_margin`` (at least ``int8_min_decisive_rows`` of them: a model without confident
+    answers, e.g. random weights, cannot show that int8 keeps them) and the mean saliency Spearman over the
+    decisive same-pick rows is >= ``int8_spearman``.
+    """
+    t, rows = thresholds, []
+    for case in _progress(cases, name, progress):
+        ref, cand = reference(case.inputs), candidate(case.inputs)
+        rows += [{"case": case.describe(), "row": row, **_row_int8_metrics(ref, cand, row, clips)}
+                 for row, clips in enumerate(case.video_lengths)]
+    decisive = [r for r in rows if r["reference_top1_margin"] >= t.int8_decisive_margin]
+    rhos = [r["saliency_spearman"] for r in decisive if r["top1_identical"] and r["saliency_spearman"] is not None]
+    measured = {
+        "rows": len(rows), "decisive_rows": len(decisive),
+        "top1_identical_rate_decisive": float(np.mean([r["top1_identical"] for r in decisive])) if decisive else None,
+        "top1_identical_rate_all": float(np.mean([r["top1_identical"] for r in rows])),
+        "mean_top1_iou_decisive": float(np.mean([r["top1_iou"] for r in decisive])) if decisive else None,
+        "mean_saliency_spearman": float(np.mean(rhos)) if rhos else None,
+        "min_saliency_spearman": float(np.min(rhos)) if rhos else None,
+        "rows_with_spearman": len(rhos),
+    }
+    failures = _int8_failures(name, decisive, measured, t)
+    limits = {k: v for k, v in asdict(t).items() if k.startswith("int8")}
+    return GateResult(name, "int8", reference_label, "int8", provider, not failures, limits, measured, failures, rows)
+
+
+def _int8_failures(name: str, decisive: list[dict], measured: dict, t: Thresholds) -> list[str]:
+    """Messages for each int8 criterion that is not met, naming the first offending row."""
+    if len(decisive) < t.int8_min_decisive_rows:
+        return [f"{name}: only {len(decisive)} rows have a decisive top-1 margin (>= {t.int8_decisive_margin}) "
+                f"< {t.int8_min_decisive_rows}: int8 cannot be validated on this model's answers (random weights?) "
+                "- gate it on a trained checkpoint or more cases (--int8-data)"]
+    failures = []
+    if measured["top1_identical_rate_decisive"] < t.int8_top1_rate:
+        bad = [f"{r['case']} row {r['row']}" for r in decisive if not r["top1_identical"]]
+        failures.append(f"{name}: output pred_logits top-1 moment identical in "
+                        f"{measured['top1_identical_rate_decisive']:.2%} of decisive rows < {t.int8_top1_rate:.0%}; "
+                        f"differs in {len(bad)} rows, first: {bad[0]}")
+    if measured["mean_saliency_spearman"] is None or measured["mean_saliency_spearman"] < t.int8_spearman:
+        failures.append(f"{name}: output saliency_scores mean Spearman {measured['mean_saliency_spearman']} < "
+                        f"{t.int8_spearman} over {measured['rows_with_spearman']} decisive rows")
+    return failures
+
+
+def r1_gate(name: str, fp32_r1: float, int8_r1: float, queries: int, *, thresholds: Thresholds,
+            dataset: str) -> GateResult:
+    """R1@0.5 (0-100) of the int8 graph on a benchmark dataset must be within ``int8_max_r1_drop`` of fp32's."""
+    drop = fp32_r1 - int8_r1
+    failures = [] if drop <= thresholds.int8_max_r1_drop else [
+        f"{name}: R1@0.5 {int8_r1:.2f} is {drop:.2f} points below fp32's {fp32_r1:.2f} on {dataset} "
+        f"(> {thresholds.int8_max_r1_drop})"]
+    measured = {"fp32_r1_at_0.5": fp32_r1, "int8_r1_at_0.5": int8_r1, "r1_drop_points": drop, "queries": queries}
+    return GateResult(name, "int8-r1", "fp32", "int8", CPU, not failures,
+                      {"int8_max_r1_drop": thresholds.int8_max_r1_drop}, measured, failures, [{"dataset": dataset}])
 
 
 def summarize(gates: Sequence[dict]) -> dict:

@@ -37,6 +37,7 @@ import numpy as np
 from service.errors import ServiceError
 from service.inference.admission import Admission
 from service.metrics import Metrics
+from service.timing import add_model_time
 from trdetr_common.features import pad_batch
 from trdetr_common.windows import WindowOutput, WindowPlan, fill_window, plan_windows, window_input
 
@@ -67,6 +68,7 @@ class _Job:
     dispatched: int = 0
     delivered: int = 0
     runs: int = 0
+    model_s: float = 0.0  # wall time of the runs that carried its rows
 
     def __post_init__(self) -> None:
         self.outputs = [None] * self.rows
@@ -305,6 +307,7 @@ class DynamicBatcher:
         finally:
             deadline.cancel()
             self.admission.done(job.rows)
+            add_model_time(job.model_s, job.runs)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -388,6 +391,8 @@ class DynamicBatcher:
         start = time.perf_counter()
         outputs = self.model_fn(build_batch(slices))
         seconds, rows = time.perf_counter() - start, sum(len(piece.rows) for piece in slices)
+        for piece in slices:
+            piece.job.model_s += seconds
         self.admission.ran(rows, seconds)
         self._metrics.compute.observe(seconds)
         self._metrics.batch_size.observe(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ class ModelBundle:
         self,
         bundle_dir: Path,
         *,
-        precision: Literal["fp32", "fp16"] = "fp32",
+        precision: Literal["fp32", "fp16", "int8"] = "fp32",
         device: Literal["auto", "cpu", "cuda"] = "auto",
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
@@ -42,18 +43,33 @@ class ModelBundle:
         self.pre = self.manifest.preprocessing
         self.precision = precision
         threads = {"device": device, "intra_op_threads": intra_op_threads, "inter_op_threads": inter_op_threads}
-        self.model = OnnxModel(self.dir / self._model_file(precision), **threads)
+        self.model_file = self._model_file(precision)
+        self.model = OnnxModel(self.dir / self.model_file, **threads)
         self.text_encoder: TextEncoder | None = None
         spec = self.pre.text_encoder
         if spec.onnx_file and spec.tokenizer_file:
-            self.text_encoder = TextEncoder(self.dir, self.pre, OnnxModel(self.dir / spec.onnx_file, **threads))
+            self.text_encoder = TextEncoder(self.dir, self.pre, OnnxModel(self.dir / spec.onnx_file, **threads),
+                                            identity=self._text_identity())
+
+    def _text_identity(self) -> str:
+        """sha256 over what decides a query's encoding: encoder and tokenizer files, cleaning, token selection."""
+        spec, files = self.pre.text_encoder, self.manifest.files
+        parts = [files[spec.onnx_file].sha256 if spec.onnx_file in files else spec.onnx_file,
+                 files[spec.tokenizer_file].sha256 if spec.tokenizer_file in files else spec.tokenizer_file,
+                 spec.text_cleaning, str(self.pre.max_text_tokens), str(self.pre.l2_normalize_text)]
+        return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
 
     def _model_file(self, precision: str) -> str:
-        if precision == "fp32":
-            return self.manifest.onnx.fp32_file
-        if not self.manifest.onnx.fp16_file:
-            raise BundleError(f"TRDETR_PRECISION=fp16 but bundle {self.dir} has no fp16 graph; use fp32.")
-        return self.manifest.onnx.fp16_file
+        """The bundle's graph file for ``precision``; BundleError when the bundle has none."""
+        files = {"fp32": self.manifest.onnx.fp32_file, "fp16": self.manifest.onnx.fp16_file,
+                 "int8": self.manifest.onnx.int8_file}
+        if precision not in files:
+            raise BundleError(f"TRDETR_PRECISION={precision} is not one of fp32, fp16, int8")
+        if not files[precision]:
+            how = "trdetr-export --fp16" if precision == "fp16" else "trdetr-export --int8"
+            raise BundleError(f"TRDETR_PRECISION={precision} but bundle {self.dir} has no {precision} graph "
+                              f"(re-export it with {how}); use fp32.")
+        return files[precision]
 
     @property
     def providers(self) -> list[str]:

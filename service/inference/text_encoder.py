@@ -25,7 +25,7 @@ from trdetr_common.text import QueryTokenizer
 class TextEncoder:
     """Tokenise and encode a list of query texts in one ONNX Runtime run."""
 
-    def __init__(self, bundle_dir: Path, pre: PreprocessingContract, model: OnnxModel) -> None:
+    def __init__(self, bundle_dir: Path, pre: PreprocessingContract, model: OnnxModel, identity: str = "") -> None:
         spec = pre.text_encoder
         assert spec.onnx_file and spec.tokenizer_file, "TextEncoder needs a bundle with a text encoder"
         self._pre = pre
@@ -33,32 +33,49 @@ class TextEncoder:
         self.tokenizer = QueryTokenizer(Path(bundle_dir) / spec.tokenizer_file, spec.text_cleaning,
                                         keep_truncation=False)
         self.context_length = spec.context_length or 77
+        self._identity = identity
 
-    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and attention mask, both (B, L_max) int64, zero-padded on the right.
+    @property
+    def identity(self) -> str:
+        """What decides the encoding besides the cleaned text: the encoder and tokenizer files' sha256 and the
+        token selection (for cache keys; see :mod:`service.inference.text_queries`)."""
+        return self._identity
 
-        Raises 422 when a text has more tokens than the encoder's context length.
-        """
-        encodings = self.tokenizer.encode_batch(texts)
+    def clean(self, text: str) -> str:
+        """The text as the tokenizer sees it (the manifest's cleaning: whitespace, case, HTML entities...)."""
+        return self.tokenizer.clean(text)
+
+    def token_ids(self, cleaned: list[str], first_index: int = 0) -> list[list[int]]:
+        """Token ids of already cleaned texts; 422 ``query_too_long`` (naming ``queries[first_index + i]``)
+        when one has more tokens than the encoder's context length."""
+        encodings = [e.ids for e in self.tokenizer.tokenizer.encode_batch(cleaned)]
         for index, token_ids in enumerate(encodings):
             if len(token_ids) > self.context_length:
+                index += first_index
                 raise InvalidInput(
                     f"queries[{index}] is {len(token_ids)} tokens long; the text encoder takes at most "
                     f"{self.context_length} (start and end tokens included). Shorten the query.",
                     {"index": index, "tokens": len(token_ids), "max_tokens": self.context_length},
                     code="query_too_long",
                 )
-        width = max(len(token_ids) for token_ids in encodings)
-        ids = np.zeros((len(texts), width), dtype=np.int64)
-        mask = np.zeros((len(texts), width), dtype=np.int64)
-        for row, token_ids in enumerate(encodings):
-            ids[row, : len(token_ids)] = token_ids
-            mask[row, : len(token_ids)] = 1
-        return ids, mask
+        return encodings
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask, both (B, L_max) int64, zero-padded on the right.
+
+        Raises 422 when a text has more tokens than the encoder's context length.
+        """
+        return pad_ids(self.token_ids([self.clean(t) for t in texts]))
+
+    def encode_ids(self, encodings: list[list[int]]) -> list[np.ndarray]:
+        """One ``(L_i, text_dim)`` float32 feature array per token-id list (one ONNX Runtime run, padded)."""
+        return self._features(*pad_ids(encodings))
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         """One ``(L_i, text_dim)`` float32 feature array per text, ready for ``src_txt``."""
-        ids, mask = self.tokenize(texts)
+        return self._features(*self.tokenize(texts))
+
+    def _features(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
         pre = self._pre
         ids_name, mask_name = pre.text_encoder.input_names
         hidden = self.model.run({ids_name: ids, mask_name: mask})[pre.text_encoder.output_name]
@@ -69,5 +86,16 @@ class TextEncoder:
                 max_tokens=pre.max_text_tokens,
                 eps=pre.l2_eps,
             )
-            for row in range(len(texts))
+            for row in range(len(ids))
         ]
+
+
+def pad_ids(encodings: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask, both (B, L_max) int64, zero-padded on the right."""
+    width = max(len(token_ids) for token_ids in encodings)
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, token_ids in enumerate(encodings):
+        ids[row, : len(token_ids)] = token_ids
+        mask[row, : len(token_ids)] = 1
+    return ids, mask

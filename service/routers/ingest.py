@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from ingestion.jobs import JobRecord
 from service.auth import require_api_key
+from service.collections import check_names
 from service.dependencies import ReadyRuntimeDep, Runtime
 from service.errors import NotFound
 from service.ingest import VIDEO_TYPES, Ingest
-from service.routers.videos import VideoId
+from service.routers.videos import CollectionParams, VideoId
 from service.routers.videos import _video_info as video_info  # the one VideoInfo builder
 from service.schemas import JOB_ID_PATTERN, JobAccepted, JobErrorOut, JobStatus, VideoInfo, error_responses
 from service.tenancy import Tenant
@@ -41,13 +42,15 @@ def _ingest(runtime: Runtime) -> Ingest:
 @router.put("/v1/videos/{video_id}/video", status_code=202, response_model=JobAccepted, openapi_extra=_VIDEO_BODY,
             summary="Upload a video file: its features are extracted by a job", responses=_UPLOAD_ERRORS)
 async def put_video(video_id: VideoId, request: Request, response: Response, runtime: ReadyRuntimeDep,
-                    tenant: TenantDep) -> JobAccepted:
+                    tenant: TenantDep, collection: CollectionParams = []) -> JobAccepted:  # noqa: B006
     """Queue the video for feature extraction and answer at once with the job to poll.
 
     On success the job stores the features exactly as `PUT /v1/videos/{video_id}/features` would
-    (replacing the video stored under that id); a failed job leaves it as it was.
+    (replacing the video stored under that id), adding it to the `?collection=` collections (repeatable); a
+    failed job leaves it as it was.
     """
-    job = await _ingest(runtime).accept(request, video_id, tenant.id, runtime.max_clips)
+    names = check_names(collection)
+    job = await _ingest(runtime).accept(request, video_id, tenant.id, runtime.max_clips, names)
     status_url = f"/v1/jobs/{job.job_id}"
     response.headers["Location"] = status_url
     return JobAccepted(job_id=job.job_id, video_id=video_id, status_url=status_url)

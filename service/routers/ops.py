@@ -53,6 +53,7 @@ async def model_info(runtime: ReadyRuntimeDep) -> ModelInfo:
         bundle=bundle.dir.name, format_version=manifest.format_version, created_at=manifest.created_at,
         untrained=manifest.untrained,
         source_checkpoint={**manifest.source.model_dump(), "file_name": PurePath(manifest.source.file_name).name}, precision=bundle.precision,
+        model_file=bundle.model_file,
         providers=bundle.providers, text_encoder=bundle.text_encoder is not None,
         text_features_expected=pre.text_encoder.expected, feature_layout=layout_version(pre),
         video_groups={g.name: g.dim for g in pre.video_groups}, video_input_dim=pre.video_input_dim,

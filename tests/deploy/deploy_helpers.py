@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +44,31 @@ def tool(name: str) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} is not installed: run `pip install -e '.[test]'`")
     return found
+
+
+class KustomizeError(RuntimeError):
+    """``kubectl kustomize`` refused a kustomization; the message is its stderr."""
+
+
+def kubectl() -> str | None:
+    """Path of ``kubectl`` (Debian's ``kubectl`` package; ``.ci/run`` installs it), None when absent."""
+    return shutil.which("kubectl")
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """The resources ``kubectl kustomize DIRECTORY`` renders (no cluster needed), parsed.
+
+    Raises:
+        FileNotFoundError: kubectl is not installed.
+        KustomizeError: kustomize rejected the directory (its message).
+    """
+    binary = kubectl()
+    if binary is None:
+        raise FileNotFoundError("kubectl is not installed (apt-get install kubectl)")
+    result = subprocess.run([binary, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise KustomizeError(result.stderr.strip())
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def load_docker_script(name: str) -> ModuleType:

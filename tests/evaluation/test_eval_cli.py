@@ -82,3 +82,12 @@ def test_small_valid_files_give_metrics_json(tmp_path):
     metrics = json.loads(result.stdout)
     assert metrics["brief"]["MR-full-R1@0.7"] == 100.0
     assert metrics["HL-min-Fair"]["HL-Hit1"] == 100.0
+
+
+def test_saliency_of_the_wrong_length_exits_1_unless_the_videos_were_cut(tmp_path):
+    preds = write_jsonl(tmp_path / "preds.jsonl", [{**PREDICTION, "pred_saliency_scores": [0.5] * 3}])
+    gt = write_jsonl(tmp_path / "gt.jsonl", [ANNOTATION])
+    result = run_eval(preds, gt)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "qid 1: 'pred_saliency_scores' has 3 scores but its video (10 s) has 5 clips" in result.stderr
+    assert run_eval(preds, gt, "--max-v-l", "3").returncode == 0

@@ -132,3 +132,61 @@ def test_malformed_annotations_get_an_error_naming_the_record():
         EvaluationError, match=r"annotation 0: 'relevant_clip_ids' must be clip indices in \[0, 5\)"
     ):
         evaluate([{"qid": 1, "pred_saliency_scores": [0.1]}], [bad])
+
+
+def test_binary_ap_takes_the_precision_envelope_not_the_raw_precision():
+    # ranked labels 0, 1, 1, 0, 1: precision 1/2, 2/3, 3/5 at recall 1/3, 2/3, 1. The envelope (best precision
+    # at this recall or beyond) is 2/3, 2/3, 3/5 -> AP 29/45 = 0.6444; raw precision would give 0.5889.
+    labels, scores = np.array([0, 1, 1, 0, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    assert binary_average_precision(labels, scores) == pytest.approx(29 / 45)
+
+
+def test_binary_ap_of_a_tie_group_between_positives():
+    # scores 0.9 | 0.5 0.5 | 0.1 with labels 1 | 0 0 | 1: the tie is one point (recall 1/2, precision 1/3),
+    # so the recall levels are 1/2 (envelope 1) and 1 (precision 2/4) -> AP 3/4.
+    assert binary_average_precision(np.array([1, 0, 0, 1]), np.array([0.9, 0.5, 0.5, 0.1])) == 0.75
+
+
+def test_binary_ap_of_a_single_clip():
+    assert binary_average_precision(np.array([1]), np.array([0.2])) == 1
+    assert binary_average_precision(np.array([0]), np.array([0.2])) == 0
+
+
+def test_moment_ap_interpolates_precision_over_recall():
+    # FP, TP, TP against 2 windows: precision 0, 1/2, 2/3 at recall 0, 1/2, 1; the VOC envelope is 2/3 at
+    # both recall steps -> AP 2/3 (raw precision would give 1/2 * 1/2 + 1/2 * 2/3 = 0.583).
+    gt = np.array([[0.0, 10.0], [20.0, 30.0]])
+    preds = np.array([[40, 50, 0.9], [0, 10, 0.8], [20, 30, 0.7]])
+    np.testing.assert_allclose(moment_average_precision(gt, preds), np.full(10, 2 / 3))
+
+
+def test_highlight_top_clip_past_the_annotated_clips_is_a_miss():
+    # a 4 s video has 2 clips; a third score (one clip of rounding slack) that ranks first hits nothing,
+    # and the AP is computed on the 2 annotated clips: labels 0, 1 ranked 0.5, 0.2 -> 1/2.
+    annotation = _annotation(1, [[2, 4]], duration=4, clip_ids=[0], ratings=[[0, 0, 0]])
+    annotation["relevant_clip_ids"], annotation["saliency_scores"] = [1], [[3, 3, 3]]
+    metrics = evaluate([{"qid": 1, "pred_saliency_scores": [0.5, 0.2, 0.9]}], [annotation])
+    assert metrics["HL-min-Good"] == {"HL-mAP": 50.0, "HL-Hit1": 0.0}
+
+
+@pytest.mark.parametrize("count", [4, 5, 6])
+def test_saliency_of_one_score_per_clip_give_or_take_one_is_accepted(count):
+    evaluate([{"qid": 1, "pred_saliency_scores": [0.5] * count}], [_annotation(1, [[0, 8]])])
+
+
+@pytest.mark.parametrize("count", [1, 3, 7, 75])
+def test_saliency_of_the_wrong_length_is_rejected(count):
+    """A 10 s video has 5 clips: other lengths used to be cut or zero-padded without a word."""
+    with pytest.raises(EvaluationError, match=rf"qid 1: 'pred_saliency_scores' has {count} scores but its video "
+                       r"\(10 s\) has 5 clips of 2 s: give one score per clip \(4..6\)"):
+        evaluate([{"qid": 1, "pred_saliency_scores": [0.5] * count}], [_annotation(1, [[0, 8]])])
+
+
+def test_saliency_of_videos_cut_to_max_clips_is_accepted_when_said():
+    annotation = _annotation(1, [[0, 8]], duration=20)  # 10 clips
+    prediction = {"qid": 1, "pred_saliency_scores": [0.5] * 4}
+    with pytest.raises(EvaluationError, match="or 4 for videos cut to their first 4 clips"):
+        evaluate([{"qid": 1, "pred_saliency_scores": [0.5] * 3}], [annotation], max_clips=4)
+    with pytest.raises(EvaluationError, match="has 4 scores"):
+        evaluate([prediction], [annotation])
+    assert evaluate([prediction], [annotation], max_clips=4)["HL-min-Fair"]["HL-Hit1"] == 100.0

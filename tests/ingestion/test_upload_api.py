@@ -247,3 +247,16 @@ async def test_a_job_stores_into_its_keys_namespace_under_its_quota(settings_for
         assert job["status"] == "succeeded", job
         assert (await http.get("/v1/videos/second", headers=two)).status_code == 200
         assert (await http.get("/v1/videos/second", headers=one)).status_code == 404, "another key's video"
+
+
+async def test_an_uploaded_video_joins_the_collections_named_with_it(client, tmp_path):
+    video = write_video(tmp_path / "coll.mp4", 2.0).read_bytes()
+    bad = await client.put("/v1/videos/in-coll/video?collection=no%20spaces", content=video, headers=MP4)
+    assert error_of(bad, 422)["code"] == "invalid_collection"
+    answer = await client.put("/v1/videos/in-coll/video?collection=uploads&collection=fresh", content=video,
+                              headers=MP4)
+    assert answer.status_code == 202, answer.text
+    job = await wait_job(client, answer.json()["job_id"])
+    assert job["status"] == "succeeded" and job["video"]["collections"] == ["fresh", "uploads"], job
+    listed = (await client.get("/v1/videos?collection=uploads")).json()["videos"]
+    assert [v["video_id"] for v in listed] == ["in-coll"]

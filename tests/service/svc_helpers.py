@@ -53,6 +53,18 @@ def export_small_bundle(out_dir: Path) -> Path:
     return bundle
 
 
+def export_small_int8_bundle(out_dir: Path) -> Path:
+    """The small checkpoint with model.int8.onnx too (no gates: the int8 gate has its own tests)."""
+    from model_export.export import export_bundle, parse_video_groups
+
+    checkpoint = SMALL_CHECKPOINT
+    if not checkpoint.exists():
+        checkpoint = _random_small_checkpoint(out_dir / "random_small.ckpt")
+    bundle = out_dir / "bundle"
+    export_bundle(checkpoint, bundle, run_parity=False, video_groups=parse_video_groups(SMALL_GROUPS), int8=True)
+    return bundle
+
+
 def export_small_text_bundle(out_dir: Path) -> tuple[Path, Path]:
     """The small checkpoint with a tiny random CLIP-interface text encoder (16-d, like its text input).
 

@@ -248,3 +248,84 @@ def test_slow_bodies_are_cut_off_at_the_deadline_while_health_checks_answer(live
     assert all(b"408" in data or data == b"closed" for data in answers.values())
     assert any(b"body_timeout" in data for data in answers.values())
     assert probe.worst_s < 1.0
+
+
+# --- connections: slow request heads and too many open connections ---------------------------------
+@pytest.fixture(scope="module")
+def strict_live(small_bundle, redis_url, key_prefix):
+    """A server with a 1-s request-head deadline and at most 4 open connections."""
+    env = clean_env(TRDETR_BUNDLE_DIR=str(small_bundle), REDIS_URL=redis_url, TRDETR_REDIS_KEY_PREFIX=key_prefix,
+                    TRDETR_INTRA_OP_THREADS="1", TRDETR_DEVICE="cpu", TRDETR_HEADER_TIMEOUT_S="1",
+                    TRDETR_MAX_CONNECTIONS="4")
+    with live_server(env, free_port()) as client:
+        yield client
+
+
+def read_until_closed(sock: socket.socket, limit_s: float) -> bytes:
+    """Everything the server sends until it closes the connection (or ``limit_s`` passes)."""
+    sock.settimeout(limit_s)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        pass
+    return received
+
+
+def test_a_slowloris_request_head_is_cut_off_with_408(strict_live):
+    port = strict_live.base_url.port
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for i in range(4):  # a header line every 0.3 s: each byte would reset an idle timer, not this deadline
+            time.sleep(0.3)
+            try:
+                sock.sendall(f"X-Slow-{i}: y\r\n".encode())
+            except OSError:
+                break
+        answer = read_until_closed(sock, 5)
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    body = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "header_timeout" and "TRDETR_HEADER_TIMEOUT_S" in body["error"]["message"]
+    assert 0.9 < elapsed < 3.0, f"cut off after {elapsed:.2f} s"
+    assert strict_live.get("/healthz").status_code == 200
+
+
+def test_a_kept_alive_connection_gets_the_head_deadline_again_after_each_response(strict_live):
+    with socket.create_connection(("127.0.0.1", strict_live.base_url.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        first = b""
+        while b"\r\n\r\n" not in first:
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next head, never finished
+        answer = read_until_closed(sock, 5)
+    assert b"HTTP/1.1 408" in answer and b"header_timeout" in answer, answer
+
+
+def test_connections_over_the_cap_get_503_and_are_closed_while_the_others_are_served(strict_live):
+    sockets = [socket.create_connection(("127.0.0.1", strict_live.base_url.port)) for _ in range(7)]
+    try:
+        refused = []
+        for sock in sockets:
+            sock.settimeout(0.3)
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue  # accepted: the server waits for a request on it
+            if not answer.startswith(b"HTTP/1.1 408"):  # an accepted one may meet its 1-s head deadline meanwhile
+                refused.append(answer)
+        assert 3 <= len(refused) <= 7 - 3, f"{len(refused)} of 7 refused with a cap of 4 (the test client may hold 1)"
+        for answer in refused:
+            head, body = answer.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower(), answer
+            error = orjson.loads(body)["error"]
+            assert error["code"] == "too_many_connections" and "TRDETR_MAX_CONNECTIONS" in error["message"]
+    finally:
+        for sock in sockets:
+            sock.close()
+    time.sleep(0.2)
+    assert strict_live.get("/healthz").status_code == 200  # closed connections free their places

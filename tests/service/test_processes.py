@@ -91,10 +91,11 @@ def test_no_embedded_redis_outlives_the_service_on_any_exit_path(tmp_path):
     [
         ({"TRDETR_BUNDLE_DIR": "/nonexistent/bundle"}, ["cannot read the bundle manifest", "TRDETR_BUNDLE_DIR"]),
         ({"TRDETR_PRECISION": "fp16"}, ["no fp16 graph"]),
+        ({"TRDETR_PRECISION": "int8"}, ["no int8 graph", "trdetr-export --int8"]),
         ({"TRDETR_DEVICE": "cuda"}, ["TRDETR_DEVICE=cuda"]),
         ({"TRDETR_MAX_BATCH_SIZE": "lots"}, ["invalid setting", "max_batch_size"]),
     ],
-    ids=["missing-bundle", "fp16-without-graph", "cuda-without-gpu", "bad-value"],
+    ids=["missing-bundle", "fp16-without-graph", "int8-without-graph", "cuda-without-gpu", "bad-value"],
 )
 def test_start_up_misconfiguration_is_one_line_and_a_non_zero_exit(small_bundle, variables, words):
     import onnxruntime as ort

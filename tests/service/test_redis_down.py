@@ -86,7 +86,11 @@ async def test_unreachable_redis_gives_503_for_the_cache_and_answers_inline_requ
         started = time.monotonic()
         for response in (await client.put("/v1/videos/v/features", content=body, headers=NPZ),
                          await client.get("/v1/videos/v"), await client.delete("/v1/videos/v"),
-                         await client.post("/v1/moments", json=search(pre, video_id="v"))):
+                         await client.post("/v1/moments", json=search(pre, video_id="v")),
+                         await client.get("/v1/videos"), await client.get("/v1/collections"),
+                         await client.put("/v1/collections/c/videos/v"), await client.delete("/v1/collections/c"),
+                         await client.post("/v1/search", json={"query": search(pre)["queries"][0],
+                                                               "collection": "c"})):
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "cache_unavailable"
             assert "inline" in response.json()["error"]["message"]

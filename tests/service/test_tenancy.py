@@ -101,3 +101,33 @@ async def test_expired_videos_leave_the_quota(make_settings, pre, key_prefix):
         assert (await client.put("/v1/videos/e2/features", content=upload(pre), headers=NPZ)).status_code == 403
         await asyncio.sleep(1.2)
         assert (await client.put("/v1/videos/e2/features", content=upload(pre), headers=NPZ)).status_code == 200
+
+
+async def test_a_key_cannot_list_search_or_change_another_keys_collections(make_settings, pre, key_prefix):
+    settings = make_settings(api_keys=[KEY_A, KEY_B], redis_key_prefix=f"{key_prefix}:colltenancy")
+    async with serve(settings) as client:
+        put = await client.put("/v1/videos/mine/features?collection=secret", content=upload(pre), headers={**NPZ, **A})
+        assert put.status_code == 200 and put.json()["collections"] == ["secret"]
+        assert (await client.get("/v1/collections", headers=B)).json() == {"collections": []}
+        assert (await client.get("/v1/videos", headers=B)).json() == {"videos": [], "next_cursor": None}
+        assert (await client.get("/v1/videos?collection=secret", headers=B)).status_code == 404
+        query = search(pre, "mine")["queries"][0]
+        assert (await client.post("/v1/search", json={"query": query, "collection": "secret"},
+                                  headers=B)).status_code == 404
+        by_id = await client.post("/v1/search", json={"query": query, "video_ids": ["mine"]}, headers=B)
+        assert by_id.status_code == 200 and by_id.json()["results"] == [] and by_id.json()["searched_videos"] == 0
+        assert (await client.put("/v1/collections/secret/videos/mine", headers=B)).status_code == 404
+        assert (await client.delete("/v1/collections/secret/videos/mine", headers=B)).status_code == 404
+        assert (await client.delete("/v1/collections/secret", headers=B)).status_code == 404
+        # A still has all of it
+        assert (await client.get("/v1/collections", headers=A)).json() == {"collections": [{"name": "secret",
+                                                                                            "videos": 1}]}
+        mine = await client.post("/v1/search", json={"query": query, "collection": "secret"}, headers=A)
+        assert mine.status_code == 200 and {h["video_id"] for h in mine.json()["results"]} == {"mine"}
+        # a cursor of A's search means nothing to B
+        paged = await client.post("/v1/search", json={"query": query, "collection": "secret", "top_k": 1}, headers=A)
+        cursor = paged.json()["next_cursor"]
+        assert cursor is not None
+        stolen = await client.post("/v1/search", json={"query": query, "collection": "secret", "top_k": 1,
+                                                       "cursor": cursor}, headers=B)
+        assert stolen.status_code == 422 and stolen.json()["error"]["code"] == "cursor_expired"
