@@ -97,7 +97,7 @@ async def search_video(runtime: Runtime, body: CollectionSearchRequest, store: T
         await store.forget_if_gone(video_id, "search")
         return None
     plan = runtime.window_plan(len(video))
-    rows = await runtime.batcher.infer_windows([text], video, plan, tef=runtime.bundle.pre.tef,
+    rows = await runtime.batcher.infer_windows([text], video, plan, tef=runtime.bundle.pre.tef_offsets,
                                                timeout_s=time_left(runtime.settings.request_timeout_s))
     return merge_moments(rows[0], plan, clip_length_s=runtime.bundle.pre.clip_length_s,
                          rule=runtime.settings.moment_merge, top_k=body.per_video_k, nms_iou=body.nms_iou,
