@@ -113,8 +113,16 @@ async def test_a_long_audio_video_runs_on_windows(audio_client, audio_bundle):
     body = got.json()
     assert body["num_clips"] == pre.max_video_clips + 40 and len(body["results"][0]["clips"]) == body["num_clips"]
     assert body["windowing"]["num_windows"] >= 2
-    moments = await audio_client.post("/v1/moments", json={"video_id": "aud-long", "queries": [query]})
+    moments = await audio_client.post("/v1/moments", json={"video_id": "aud-long", "queries": [query], "top_k": 3})
     assert moments.status_code == 200 and moments.json()["results"][0]["moments"]
+    # the cross-video search runs the same windows (both TEF pairs rewritten per window): the same moments
+    search = await audio_client.post("/v1/search", json={"query": query, "video_ids": ["aud-long"], "top_k": 3,
+                                                          "per_video_k": 3})
+    assert search.status_code == 200, search.text
+    hits = search.json()["results"]
+    want = moments.json()["results"][0]["moments"]
+    assert [(h["start"], h["end"]) for h in hits] == [(m["start"], m["end"]) for m in want]
+    assert [h["score"] for h in hits] == pytest.approx([m["score"] for m in want], abs=1e-5)
 
 
 async def test_audio_bundle_refuses_features_without_audio(audio_client, audio_bundle):
