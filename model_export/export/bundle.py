@@ -254,7 +254,7 @@ def _write_int8(out_dir: Path, spec: InputSpec, mode: Int8Mode, data) -> Int8Inf
     if data is not None:
         cases = dataset_cases(data, INT8_CALIBRATION_ROWS, calibration=True)
     else:
-        cases = random_cases(spec, 40, seed=1)[9:]  # random lengths, not the gates' edge shapes
+        cases = random_cases(spec, 25, seed=1)[9:]  # 16 batches of random lengths, not the gates' edge shapes
     return quantize_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, calibration_batches(cases, INT8_CALIBRATION_ROWS),
                          mode=mode)
 
