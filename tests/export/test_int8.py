@@ -87,6 +87,7 @@ def test_cli_refuses_int8_data_without_int8_and_half_given_data(tmp_path, capsys
     from model_export.cli import EXIT_USAGE, main
 
     ckpt = tmp_path / "none.ckpt"
+    ckpt.write_bytes(b"")  # exists: the flag combination is refused before the checkpoint is read
     assert main([str(ckpt), "--out", str(tmp_path / "b"), "--int8-data", str(tmp_path / "a.jsonl")]) == EXIT_USAGE
     assert "add --int8" in capsys.readouterr().err
     code = main([str(ckpt), "--out", str(tmp_path / "b"), "--int8", "--int8-data", str(tmp_path / "a.jsonl")])
