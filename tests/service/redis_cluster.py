@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -13,15 +14,26 @@ import redis
 SLOTS = 16384
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-        ports.append(sock.getsockname()[1])
-    for sock in sockets:
-        sock.close()
+    """Ports whose cluster bus port (port + 10000) is free too and below 65536.
+
+    Ephemeral ports (up to 60999) would put the bus port past 65535, and redis-server then refuses to start.
+    """
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(20000, 30000)
+        if port not in ports and _port_free(port) and _port_free(port + 10000):
+            ports.append(port)
     return ports
 
 
