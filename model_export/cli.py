@@ -2,6 +2,7 @@
 
     trdetr-export CHECKPOINT --out BUNDLE_DIR [--fp16] [--clip HF_CLIP_DIR] [--slowfast SLOWFAST_CKPT] [--pann PTH]
                   [--opset N] [--video-groups slowfast:2304,clip:512] [--fixtures DIR] [--random-cases N]
+                  [--atol 1e-4] [--fp16-min-decisive-rows 10]
     trdetr-export verify BUNDLE_DIR [--checkpoint CKPT] [--fixtures DIR] [--clip HF_CLIP_DIR]
                   [--slowfast SLOWFAST_CKPT]
 
@@ -50,8 +51,9 @@ def _common_check_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--random-cases", type=int, default=50, metavar="N",
-        help="random input batches for the parity gates: edge shapes of 1 clip, 1 token, 75 and 150 clips "
-        "and padded mixed batches, then random batch sizes and lengths",
+        help="random input batches for the parity gates: edge shapes of 1 clip, 1 token, the model's max_v_l and "
+        "half of it, padded mixed batches, then random batch sizes and lengths (never longer than max_v_l: longer "
+        "videos are served as windows of max_v_l clips)",
     )
     parser.add_argument(
         "--int8-data", type=Path, metavar="JSONL",
@@ -63,6 +65,11 @@ def _common_check_flags(parser: argparse.ArgumentParser) -> None:
                         help="video feature folders of --int8-data, in the model's group order")
     parser.add_argument("--int8-t-feat-dir", type=Path, metavar="DIR", help="text feature folder of --int8-data")
     parser.add_argument("--atol", type=float, default=1e-4, help="fp32 gate: max abs difference")
+    parser.add_argument(
+        "--fp16-min-decisive-rows", type=int, default=10, metavar="N",
+        help="fp16 gate: rows whose reference top-1 foreground probability beats the runner-up by >= 1e-3 that "
+        "it needs (a random-weight model has almost none: 0 for demo bundles, recorded in parity.json)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -131,7 +138,6 @@ def verify_parser() -> argparse.ArgumentParser:
 def _run_export(args: argparse.Namespace) -> int:
     from model_export.export import export_bundle, parse_audio_groups, parse_video_groups
     from model_export.export.image_encoder import clip_towers
-    from model_export.export.parity import Thresholds
     from model_export.pann import load_pann
     from model_export.slowfast import load_slowfast
 
@@ -145,7 +151,7 @@ def _run_export(args: argparse.Namespace) -> int:
     manifest = export_bundle(
         args.checkpoint, args.out, fp16=args.fp16, text_encoder_dir=args.text_encoder if "text" in towers else None,
         opset=args.opset, video_groups=groups, fixtures_dir=args.fixtures, num_random_cases=args.random_cases,
-        run_parity=not args.skip_parity, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
+        run_parity=not args.skip_parity, thresholds=_thresholds(args), progress=not args.quiet,
         image_encoder_dir=args.text_encoder if "vision" in towers else None,
         slowfast=load_slowfast(args.slowfast) if args.slowfast else None, audio_groups=audio_groups,
         pann=load_pann(args.pann) if args.pann else None,
@@ -158,13 +164,13 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from model_export.export import verify_bundle
-    from model_export.export.parity import Thresholds, summarize
+    from model_export.export.parity import summarize
     from model_export.pann import load_pann
     from model_export.slowfast import load_slowfast
 
     report = verify_bundle(
         args.bundle, args.checkpoint, args.fixtures, text_encoder_dir=args.text_encoder,
-        num_random_cases=args.random_cases, thresholds=Thresholds(fp32_atol=args.atol), progress=not args.quiet,
+        num_random_cases=args.random_cases, thresholds=_thresholds(args), progress=not args.quiet,
         slowfast=load_slowfast(args.slowfast) if args.slowfast else None, int8_data=_int8_data(args),
         pann=load_pann(args.pann) if args.pann else None,
     )
@@ -173,6 +179,15 @@ def _run_verify(args: argparse.Namespace) -> int:
     _print_gates(summarize(report["gates"])["gates"], report["skipped"])
     print(f"bundle verified: {args.bundle}")
     return 0
+
+
+def _thresholds(args: argparse.Namespace):
+    """The gates' pass marks: Thresholds defaults with the command line's --atol and --fp16-min-decisive-rows."""
+    from model_export.export.parity import Thresholds
+
+    if args.fp16_min_decisive_rows < 0:
+        raise ValueError(f"--fp16-min-decisive-rows must be >= 0, got {args.fp16_min_decisive_rows}")
+    return Thresholds(fp32_atol=args.atol, fp16_min_decisive_rows=args.fp16_min_decisive_rows)
 
 
 def _int8_data(args: argparse.Namespace):

@@ -293,6 +293,7 @@ def _input_spec(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None,
         audio_group_dims=[g.dim for g in audio.groups] if audio else (),
         audio_tef=bool(audio and audio.tef),
         normalize_audio=normalize_video if normalize_audio is None else normalize_audio,
+        max_video_clips=int(config.max_v_l),
     )
 
 

@@ -17,15 +17,18 @@ from trdetr_common.features import build_text_features, build_video_features, pa
 
 Arrays = dict[str, np.ndarray]
 
-# (description, [(L_v, L_t) per row]); -1 stands for the model's max text tokens.
+# (description, [(L_v, L_t) per row]). L_v: FULL is the model's window (``max_v_l``, the longest video it
+# runs on: the service windows longer videos to it), HALF its half; other lengths are capped at the window.
+# L_t: -1 stands for the model's max text tokens.
+FULL, HALF = -1, -2
 _EDGE_SHAPES: list[tuple[str, list[tuple[int, int]]]] = [
     ("1 clip, 1 token", [(1, 1)]),
     ("1 clip", [(1, 9)]),
     ("1 token", [(40, 1)]),
-    ("75 clips", [(75, 20)]),
-    ("150 clips", [(150, 12)]),
+    ("max_v_l clips", [(FULL, 20)]),
+    ("half max_v_l clips", [(HALF, 12)]),
     ("max text tokens", [(30, -1)]),
-    ("padded batch of mixed lengths", [(75, 5), (1, 1), (150, -1), (20, 9)]),
+    ("padded batch of mixed lengths", [(HALF, 5), (1, 1), (FULL, -1), (20, 9)]),
     ("padded batch, 1-clip rows", [(1, 3), (2, 1), (1, 7)]),
     ("equal lengths, no padding", [(60, 10), (60, 10)]),
 ]
@@ -64,6 +67,8 @@ class InputSpec:
 
     ``audio_group_dims``: audio groups after the video groups and their TEF (empty without audio);
     ``audio_tef``: the TEF columns follow the audio groups too (official layout).
+    ``max_video_clips``: the model's ``max_v_l``, the longest video it is ever run on (the service and
+    ``trdetr-predict`` run longer videos as windows of this length), so no parity case is longer.
     """
 
     video_group_dims: Sequence[int]
@@ -75,6 +80,7 @@ class InputSpec:
     audio_group_dims: Sequence[int] = ()
     audio_tef: bool = False
     normalize_audio: bool = True
+    max_video_clips: int = 75
 
     @property
     def tef_after(self) -> tuple[int, ...]:
@@ -108,14 +114,26 @@ def batch_case(name: str, spec: InputSpec, shapes: Sequence[tuple[int, int]], rn
     return Case(name, inputs)
 
 
-def random_cases(spec: InputSpec, num_cases: int, seed: int = 0, max_clips: int = 150) -> list[Case]:
+def _edge_shapes(spec: InputSpec, index: int) -> tuple[str, list[tuple[int, int]]]:
+    """Edge shape ``index`` with FULL/HALF and the text marker resolved, every length within the model's."""
+    label, shapes = _EDGE_SHAPES[index]
+    window = spec.max_video_clips
+    lengths = {FULL: window, HALF: max(1, (window + 1) // 2)}
+    resolved = [(lengths.get(v, min(v, window)), spec.max_text_tokens if t < 0 else min(t, spec.max_text_tokens))
+                for v, t in shapes]
+    return label.replace("max_v_l", f"{window}"), resolved
+
+
+def random_cases(spec: InputSpec, num_cases: int, seed: int = 0) -> list[Case]:
     """``num_cases`` seeded batches: the edge shapes first, then random batch sizes and lengths.
+
+    Every video is 1..``spec.max_video_clips`` clips long: the model never runs on a longer input
+    (longer videos are served as windows of ``max_v_l`` clips), and its position embeddings stop there.
 
     Args:
         spec: input contract of the model.
         num_cases: how many batches (the first ``len(_EDGE_SHAPES)`` are the fixed edge shapes).
         seed: numpy seed; the same seed gives the same inputs.
-        max_clips: longest random video (150 = twice the released model's max_v_l).
     Returns:
         list of Case without golden outputs.
     """
@@ -123,13 +141,12 @@ def random_cases(spec: InputSpec, num_cases: int, seed: int = 0, max_clips: int 
     cases = []
     for index in range(num_cases):
         if index < len(_EDGE_SHAPES):
-            label, shapes = _EDGE_SHAPES[index]
-            shapes = [(v, spec.max_text_tokens if t < 0 else t) for v, t in shapes]
+            label, shapes = _edge_shapes(spec, index)
         else:
             label = "random"
             batch = int(rng.integers(1, 5))
             shapes = [
-                (int(rng.integers(1, max_clips + 1)), int(rng.integers(1, spec.max_text_tokens + 1)))
+                (int(rng.integers(1, spec.max_video_clips + 1)), int(rng.integers(1, spec.max_text_tokens + 1)))
                 for _ in range(batch)
             ]
         case = batch_case(f"random-{index:02d}", spec, shapes, rng)

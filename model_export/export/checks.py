@@ -145,12 +145,12 @@ def _fp32_gates(
         gates.append(fp32_gate(
             f"fp32 torch vs ORT ({provider})", by_case, fp32, randoms + fixtures,
             reference_label="torch", candidate_label="ORT fp32", provider=provider,
-            atol=thresholds.fp32_atol, progress=progress,
+            thresholds=thresholds, progress=progress,
         ))
     if fixtures:
         gates.append(fp32_gate(
             f"fp32 official golden vs ORT ({provider})", golden_runner, fp32, fixtures,
             reference_label="official golden outputs", candidate_label="ORT fp32", provider=provider,
-            atol=thresholds.fp32_atol, progress=progress,
+            thresholds=thresholds, progress=progress,
         ))
     return gates
