@@ -50,10 +50,35 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-SECTIONS = ("asgi_to_app", "to_route", "body_parse", "deps_validate", "inputs", "handoff_in", "build_batch",
-            "model", "split_handoff", "resume", "respond", "to_send")
-MARKS = ("asgi", "timing", "parse_start", "parsed", "handler", "inputs", "run_start", "batch_built", "model_done",
-         "run_end", "resumed", "json_done", "response_start")
+SECTIONS = (
+    "asgi_to_app",
+    "to_route",
+    "body_parse",
+    "deps_validate",
+    "inputs",
+    "handoff_in",
+    "build_batch",
+    "model",
+    "split_handoff",
+    "resume",
+    "respond",
+    "to_send",
+)
+MARKS = (
+    "asgi",
+    "timing",
+    "parse_start",
+    "parsed",
+    "handler",
+    "inputs",
+    "run_start",
+    "batch_built",
+    "model_done",
+    "run_end",
+    "resumed",
+    "json_done",
+    "response_start",
+)
 MARKS_PATH = "/__profile_marks"
 PROFILE_PATH = "/__profile_start"
 
@@ -156,9 +181,16 @@ def install_probes(sort: str, top: int) -> None:
                 cpu_ns = time.thread_time_ns() - cpu_start[-1]
                 stream = io.StringIO()
                 pstats.Stats(profiler, stream=stream).sort_stats(sort).print_stats(top)
-                body = json.dumps({"requests": requests, "loop_cpu_ns": cpu_ns, "profile": stream.getvalue()}).encode()
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"application/json")]})
+                body = json.dumps(
+                    {"requests": requests, "loop_cpu_ns": cpu_ns, "profile": stream.getvalue()}
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
             if scope["type"] != "http" or scope["path"] != "/v1/moments":
@@ -207,10 +239,14 @@ def summarise(requests: list[dict[str, int]]) -> None:
         print(f"{section:>24} {np.median(values):8.0f} {np.percentile(values, 90):8.0f}")
     overhead = np.array([r["server_timing_app_ns"] - r["server_timing_model_ns"] for r in rows]) / 1000.0
     non_model = sum(t for s, t in zip(SECTIONS, totals, strict=True) if s not in ("asgi_to_app", "model"))
-    print(f"{'sum, model excluded':>24} {np.median(non_model):8.0f} {np.percentile(non_model, 90):8.0f}"
-          "   (timing opened -> response start, as Server-Timing app, minus the ORT run)")
-    print(f"{'Server-Timing app-model':>24} {np.median(overhead):8.0f} {np.percentile(overhead, 90):8.0f}"
-          "   (also counts padding as model: what trdetr_http_overhead_seconds observes)")
+    print(
+        f"{'sum, model excluded':>24} {np.median(non_model):8.0f} {np.percentile(non_model, 90):8.0f}"
+        "   (timing opened -> response start, as Server-Timing app, minus the ORT run)"
+    )
+    print(
+        f"{'Server-Timing app-model':>24} {np.median(overhead):8.0f} {np.percentile(overhead, 90):8.0f}"
+        "   (also counts padding as model: what trdetr_http_overhead_seconds observes)"
+    )
 
 
 def main() -> None:
@@ -239,9 +275,18 @@ def main() -> None:
     tokens = rng.standard_normal((20, pre.text_dim)).astype(np.float32)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRDETR_")}
-    env.update(TRDETR_BUNDLE_DIR=str(bundle), TRDETR_INTRA_OP_THREADS=str(args.threads), TRDETR_DEVICE="cpu",
-               TRDETR_REDIS_KEY_PREFIX=f"trdetr-profile-{uuid.uuid4().hex[:8]}", TRDETR_LOG_LEVEL="warning")
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--sort", args.sort, "--top", str(args.top)], cwd=REPO, env=env)
+    env.update(
+        TRDETR_BUNDLE_DIR=str(bundle),
+        TRDETR_INTRA_OP_THREADS=str(args.threads),
+        TRDETR_DEVICE="cpu",
+        TRDETR_REDIS_KEY_PREFIX=f"trdetr-profile-{uuid.uuid4().hex[:8]}",
+        TRDETR_LOG_LEVEL="warning",
+    )
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port), "--sort", args.sort, "--top", str(args.top)],
+        cwd=REPO,
+        env=env,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             deadline = time.monotonic() + 300
@@ -254,8 +299,11 @@ def main() -> None:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the server did not start")
                 time.sleep(0.3)
-            client.put("/v1/videos/bench/features", content=npz_bytes(groups),
-                       headers={"content-type": "application/x-npz"}).raise_for_status()
+            client.put(
+                "/v1/videos/bench/features",
+                content=npz_bytes(groups),
+                headers={"content-type": "application/x-npz"},
+            ).raise_for_status()
             body = {"video_id": "bench", "queries": [{"features_b64": npy_b64(tokens)}], "top_k": 5}
             for _ in range(args.warmup):
                 client.post("/v1/moments", json=body).raise_for_status()
@@ -268,8 +316,10 @@ def main() -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     summarise(result["requests"])
-    print(f"event loop thread CPU per request: {result['loop_cpu_ns'] / args.requests / 1000:.0f} µs "
-          "(cProfile on: slower than without)")
+    print(
+        f"event loop thread CPU per request: {result['loop_cpu_ns'] / args.requests / 1000:.0f} µs "
+        "(cProfile on: slower than without)"
+    )
     if args.top:
         print(result["profile"])
 
