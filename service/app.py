@@ -136,7 +136,8 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
     app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s, metrics=metrics,
                        exempt_put=VIDEO_UPLOAD_PATH)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for router in (videos.router, collections.router, ingest.router, search.router, collection_search.router,
+    # search first: the router tries routes in order, and /v1/moments and /v1/highlights are the hot path
+    for router in (search.router, videos.router, collections.router, ingest.router, collection_search.router,
                    ops.router, kserve.health, kserve.router):
         app.include_router(router)
     install_docs(app, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -83,6 +84,19 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route, method, status) -> its counter and histogram children: ``labels()`` takes a lock and builds
+        # the label tuple on every call. Bounded: routes are templates (or ``<unmatched>``).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _observe(self, template: str, method: str, status: int, seconds: float) -> None:
+        key = (template, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.metrics.requests.labels(template, method, str(status)),
+                        self.metrics.latency.labels(template, method))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,7 +118,4 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "<unmatched>"
-            method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(timing.elapsed_s())
+            self._observe(getattr(route, "path", None) or "<unmatched>", scope["method"], status, timing.elapsed_s())

@@ -22,14 +22,15 @@ what a member merely declares.
 
 from __future__ import annotations
 
-import base64
 import binascii
+import functools
 import io
 import zipfile
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
+import pybase64
 
 from service.errors import InvalidInput, ServiceError
 from trdetr_common.features import FeatureError, build_text_features, build_video_features, truncation_note
@@ -83,7 +84,7 @@ def file_format(content_type: str | None, body: bytes) -> str:
 def decode_base64(data: str, what: str) -> bytes:
     """Strict base64 decoding; a 422 naming the field on bad input."""
     try:
-        return base64.b64decode(data, validate=True)
+        return pybase64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"{what} is not valid base64: {exc}") from None
 
@@ -101,19 +102,47 @@ class NpyHeader:
         return int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
 
 
+_NPY_ERRORS = (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile)
+
+
+def _parse_npy_header(stream: IO[bytes]) -> NpyHeader:
+    """Read (only) the header of a ``.npy`` stream (numpy's own reader; its errors propagate)."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f".npy format version {version} is not supported; save with numpy.save")
+    return NpyHeader(tuple(shape), bool(fortran), dtype)
+
+
 def _read_npy_header(stream: IO[bytes], what: str) -> NpyHeader:
     """Read (only) the header of a ``.npy`` stream; 422 ``corrupt_file`` when it is not one."""
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f".npy format version {version} is not supported; save with numpy.save")
-    except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as exc:
+        return _parse_npy_header(stream)
+    except _NPY_ERRORS as exc:
         raise InvalidInput(f"{what} is not a readable .npy file ({exc}).", code="corrupt_file") from None
-    return NpyHeader(tuple(shape), bool(fortran), dtype)
+
+
+def _npy_prefix(body: bytes) -> bytes:
+    """The magic string, version, header length and header of a ``.npy`` file (all of ``body`` if shorter)."""
+    if len(body) >= 12 and body[:6] == b"\x93NUMPY":
+        if body[6] == 1:
+            return body[:10 + int.from_bytes(body[8:10], "little")]
+        return body[:12 + int.from_bytes(body[8:12], "little")]
+    return body[:64]
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header_of(prefix: bytes) -> tuple[NpyHeader, int]:
+    """(header, offset of the data) of a ``.npy`` that starts with ``prefix``.
+
+    Cached by the header bytes: numpy parses a header with ``ast.literal_eval`` (~0.1 ms, once per query of
+    every search request), and clients send the same few shapes over and over.
+    """
+    stream = io.BytesIO(prefix)
+    return _parse_npy_header(stream), stream.tell()
 
 
 def _check_declared_size(header: NpyHeader, available: int, what: str) -> None:
@@ -126,14 +155,22 @@ def _check_declared_size(header: NpyHeader, available: int, what: str) -> None:
 
 
 def _load_npy(body: bytes, what: str) -> np.ndarray:
-    _check_declared_size(_read_npy_header(io.BytesIO(body), what), len(body), what)
+    """The array of a ``.npy`` file (a writable copy, as ``np.load`` gives); 422 ``corrupt_file`` when it is
+    not a complete, pickle-free one."""
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        header, offset = _npy_header_of(_npy_prefix(body))
+    except _NPY_ERRORS as exc:
         raise InvalidInput(f"{what} is not a readable .npy file ({exc}).", code="corrupt_file") from None
-    if not isinstance(array, np.ndarray):
-        raise InvalidInput(f"{what} must be a .npy file, not a .npz archive.", code="corrupt_file")
-    return array
+    _check_declared_size(header, len(body) - offset, what)
+    if header.dtype.hasobject:
+        raise InvalidInput(f"{what} is not a readable .npy file (it holds Python objects, which would need "
+                           "pickle; send a numeric array).", code="corrupt_file")
+    count = header.nbytes // header.dtype.itemsize if header.dtype.itemsize else 0
+    try:
+        flat = np.frombuffer(body, dtype=header.dtype, count=count, offset=offset)
+    except ValueError as exc:
+        raise InvalidInput(f"{what} is not a readable .npy file ({exc}).", code="corrupt_file") from None
+    return flat.reshape(header.shape, order="F" if header.fortran_order else "C").copy()
 
 
 def _check_dtype(dtype: np.dtype, name: str) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import require_api_key
 from service.cache import TenantStore
 from service.deadline import time_left
-from service.dependencies import ReadyRuntimeDep, Runtime, TenantStoreDep
+from service.dependencies import Runtime, SearchContextDep
 from service.inference.batcher import RowOutput
 from service.inputs import SearchInputs, precheck_search_body, resolve_inputs, search_body_max_values
 from service.json_body import json_route
@@ -31,8 +30,8 @@ from service.schemas import (
 from trdetr_common.postprocess import clip_saliency, top_clips
 from trdetr_common.windows import WindowPlan, merge_moments, merge_saliency
 
-router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)],
-                   route_class=json_route(precheck_search_body, search_body_max_values))
+# The API key is checked by SearchContextDep (one dependency per route: FastAPI's resolution is per-request work).
+router = APIRouter(prefix="/v1", tags=["search"], route_class=json_route(precheck_search_body, search_body_max_values))
 
 _ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503, 504)
 
@@ -75,7 +74,7 @@ def _windowing(plan: WindowPlan, merge: str) -> Windowing:
 
 
 @router.post("/moments", response_model=MomentsResponse, responses=_ERRORS, summary="Moment retrieval")
-async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep, store: TenantStoreDep) -> Response:
+async def moments(body: MomentsRequest, context: SearchContextDep) -> Response:
     """Ranked moments `{start, end, score}` per query, best first.
 
     `score` is the foreground probability of the moment (softmax over the model's two class
@@ -84,7 +83,8 @@ async def moments(body: MomentsRequest, runtime: ReadyRuntimeDep, store: TenantS
     that IoU, `min_score` drops weak ones, `top_k` caps the list. A video longer than the model's
     window is searched on overlapping windows whose moments are merged (`windowing` says how).
     """
-    inputs, plan, rows = await _infer(runtime, body, store)
+    runtime = context.runtime
+    inputs, plan, rows = await _infer(runtime, body, context.store)
     return await _respond(lambda: _moments(runtime, body, inputs, plan, rows), plan)
 
 
@@ -105,7 +105,7 @@ def _moments(runtime: Runtime, body: MomentsRequest, inputs: SearchInputs, plan:
 
 
 @router.post("/highlights", response_model=HighlightsResponse, responses=_ERRORS, summary="Highlight detection")
-async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep, store: TenantStoreDep) -> Response:
+async def highlights(body: HighlightsRequest, context: SearchContextDep) -> Response:
     """Per query, the saliency of every clip and the `top_k` highlight clips.
 
     `raw` is the model's saliency score: an unbounded logit-like value that is often negative.
@@ -115,7 +115,8 @@ async def highlights(body: HighlightsRequest, runtime: ReadyRuntimeDep, store: T
     least; a video whose clips all score the same gets 1 everywhere. On a video longer than the
     model's window a clip's `raw` is the mean over the overlapping windows that contain it.
     """
-    inputs, plan, rows = await _infer(runtime, body, store)
+    runtime = context.runtime
+    inputs, plan, rows = await _infer(runtime, body, context.store)
     return await _respond(lambda: _highlights(runtime, body, inputs, plan, rows), plan)
 
 
