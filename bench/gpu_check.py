@@ -156,16 +156,13 @@ def find_bundle(root: Path, name: str) -> Path | None:
 
 
 def bundles(root: Path, plan: Plan) -> dict[str, Path]:
-    """The bundles to check: released-size (exported here when absent; the default bundle in smoke mode), official."""
-    found: dict[str, Path] = {}
-    released = find_bundle(root, "released")
-    if released is None:
-        released = REPO / "service" / "default_bundle" if plan.smoke else export_released(root / "released")
-    found["released-size random" if not plan.smoke or released.name == "released" else "default bundle"] = (
-        released
-    )
+    """The bundles to check: released-size (exported here when it was not prepared) and the official fixture's
+    (exported from its checkpoint when only that was carried). The CPU smoke run checks the default bundle."""
+    if plan.smoke:
+        return {"default bundle": REPO / "service" / "default_bundle"}
+    found = {"released-size random": find_bundle(root, "released") or export_released(root / "released")}
     official = find_bundle(root, "official")
-    staged_checkpoint = next(
+    checkpoint = next(
         (
             p
             for p in (root / "checkpoint.ckpt", STAGE_DIR / "checkpoint.ckpt", OFFICIAL_CHECKPOINT)
@@ -173,8 +170,8 @@ def bundles(root: Path, plan: Plan) -> dict[str, Path]:
         ),
         None,
     )
-    if official is None and staged_checkpoint is not None and not plan.smoke:
-        official = export_official(staged_checkpoint, root / "official")
+    if official is None and checkpoint is not None:
+        official = export_official(checkpoint, root / "official")
     if official is not None:
         found["official fixture checkpoint"] = official
     return found
