@@ -41,8 +41,14 @@ any number of queries (`POST /v1/moments`, `POST /v1/highlights`). Every error h
 def load_bundle(settings: Settings) -> ModelBundle:
     """The configured bundle on the configured device (``BundleError`` / ``ProviderError`` when it cannot be)."""
     return ModelBundle(
-        settings.bundle_dir, precision=settings.precision, device=settings.device,
-        intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
+        settings.bundle_dir,
+        precision=settings.precision,
+        device=settings.device,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        io_binding=settings.io_binding,
+        cuda_graph=settings.cuda_graph,
+        max_batch_size=settings.max_batch_size,
     )
 
 
@@ -60,25 +66,39 @@ async def _start(runtime: Runtime) -> None:
         runtime.embedded_redis = EmbeddedRedis(settings.embedded_redis_dir)
         url = runtime.embedded_redis.start()
     runtime.store = FeatureStore.from_url(
-        url, timeout_s=settings.redis_timeout_s, max_connections=settings.redis_max_connections,
+        url,
+        timeout_s=settings.redis_timeout_s,
+        max_connections=settings.redis_max_connections,
         pool_timeout_s=settings.request_timeout_s,
-        prefix=settings.redis_key_prefix, layout=layout_version(bundle.pre), ttl_s=settings.feature_ttl_s,
-        metrics=runtime.metrics, model_input=bundle.video_input, local_videos=settings.local_cache_videos,
+        prefix=settings.redis_key_prefix,
+        layout=layout_version(bundle.pre),
+        ttl_s=settings.feature_ttl_s,
+        metrics=runtime.metrics,
+        model_input=bundle.video_input,
+        local_videos=settings.local_cache_videos,
         quota=Quota(settings.quota_max_videos, settings.quota_max_bytes),
-        local_bytes=int(settings.local_cache_mb * 1024 * 1024), bulk_timeout_s=settings.redis_bulk_timeout_s,
+        local_bytes=int(settings.local_cache_mb * 1024 * 1024),
+        bulk_timeout_s=settings.redis_bulk_timeout_s,
         cluster=settings.redis_cluster and settings.redis_url is not None,
     )
     if not await runtime.store.ping():
         log.warning("feature cache at %s is unreachable; stored-video requests get 503 until it is back", url)
     await asyncio.to_thread(bundle.warmup, settings.warmup_runs)
     runtime.batcher = DynamicBatcher(
-        bundle.run, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_batch_wait_ms,
-        max_queue_size=settings.max_queue_size, metrics=runtime.metrics,
+        bundle.run,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_batch_wait_ms,
+        max_queue_size=settings.max_queue_size,
+        metrics=runtime.metrics,
     )
     await runtime.batcher.start()
     if bundle.text_encoder is not None:
-        runtime.text = TextQueryEncoder(bundle.text_encoder, cache_entries=settings.text_cache_entries,
-                                        max_batch=settings.text_max_batch_size, metrics=runtime.metrics)
+        runtime.text = TextQueryEncoder(
+            bundle.text_encoder,
+            cache_entries=settings.text_cache_entries,
+            max_batch=settings.text_max_batch_size,
+            metrics=runtime.metrics,
+        )
         await runtime.text.start()
     await start_ingest(runtime, url)
     # Everything loaded so far lives as long as the app: keep it out of the cyclic GC, whose full
@@ -126,19 +146,37 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None, redoc_url=None, openapi_url=None,  # served by service.docs: offline, guarded
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served by service.docs: offline, guarded
     )
     app.state.runtime = Runtime(settings=settings, metrics=metrics, bundle=bundle)
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_body_bytes,
-                       max_json_bytes=settings.max_json_body_bytes, metrics=metrics,
-                       max_video_bytes=settings.max_video_bytes)
-    app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s, metrics=metrics,
-                       exempt_put=VIDEO_UPLOAD_PATH)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_upload_bytes=settings.max_body_bytes,
+        max_json_bytes=settings.max_json_body_bytes,
+        metrics=metrics,
+        max_video_bytes=settings.max_video_bytes,
+    )
+    app.add_middleware(
+        DeadlineMiddleware,
+        timeout_s=settings.request_timeout_s,
+        metrics=metrics,
+        exempt_put=VIDEO_UPLOAD_PATH,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # search first: the router tries routes in order, and /v1/moments and /v1/highlights are the hot path
-    for router in (search.router, videos.router, collections.router, ingest.router, collection_search.router,
-                   ops.router, kserve.health, kserve.router):
+    for router in (
+        search.router,
+        videos.router,
+        collections.router,
+        ingest.router,
+        collection_search.router,
+        ops.router,
+        kserve.health,
+        kserve.router,
+    ):
         app.include_router(router)
     install_docs(app, settings)
     return app

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trdetr_common.windows import DEFAULT_MERGE, DEFAULT_STRIDE_FRACTION, MergeRule
@@ -32,10 +32,11 @@ class Settings(BaseSettings):
         default=DEFAULT_BUNDLE_DIR,
         description="Model bundle written by trdetr-export (defaults to the untrained demo bundle).",
     )
-    precision: Literal["fp32", "fp16", "int8"] = Field(
-        default="fp32",
-        description="Which ONNX graph of the bundle to run (fp16 needs model.fp16.onnx, int8 needs model.int8.onnx, "
-        "a CPU graph written by trdetr-export --int8).",
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        default="auto",
+        description="Which ONNX graph of the bundle to run. auto: the fp16 graph (model.fp16.onnx) when the model runs "
+        "on the CUDA EP and the bundle has one, else fp32. fp16 needs model.fp16.onnx, int8 needs model.int8.onnx "
+        "(a CPU graph written by trdetr-export --int8).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
@@ -46,6 +47,18 @@ class Settings(BaseSettings):
     )
     inter_op_threads: int = Field(default=1, ge=1, description="ONNX Runtime inter-op threads.")
     warmup_runs: int = Field(default=2, ge=0, description="Inference runs before /readyz turns ready.")
+    io_binding: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Run the model through ONNX Runtime IOBinding on fixed-shape buckets (batch sizes 1, 2, 4, ... up to "
+        "TRDETR_MAX_BATCH_SIZE; clips padded to the model's window, tokens to max_text_tokens) with inputs and "
+        "outputs allocated once on the model's device. auto: on with the CUDA EP, off on the CPU.",
+    )
+    cuda_graph: bool = Field(
+        default=False,
+        description="Capture one CUDA graph per bucket (ONNX Runtime's enable_cuda_graph + gpu_graph_id) during "
+        "warm-up, before /readyz turns ready; needs IOBinding (auto or on). A no-op, logged at start-up, when the "
+        "model does not run on the CUDA EP.",
+    )
 
     # --- dynamic batching --------------------------------------------------------------------
     max_batch_size: int = Field(default=32, ge=1, description="Most query rows in one inference batch.")
@@ -65,24 +78,31 @@ class Settings(BaseSettings):
 
     # --- text queries ----------------------------------------------------------------------
     text_cache_entries: int = Field(
-        default=2048, ge=0,
+        default=2048,
+        ge=0,
         description="Encoded query texts each replica keeps (LRU keyed by the normalised text and the encoder's "
         "hash; 0 disables). Each costs L x text_dim x 4 bytes: 20 KB for 10 CLIP tokens, 64 KB at most.",
     )
     text_max_batch_size: int = Field(
-        default=64, ge=1, description="Most query texts in one text-encoder run (texts of concurrent requests "
+        default=64,
+        ge=1,
+        description="Most query texts in one text-encoder run (texts of concurrent requests "
         "are batched together).",
     )
 
     # --- KServe v2 / Open Inference Protocol ------------------------------------------------
     kserve_model_name: str = Field(
-        default="trdetr", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        default="trdetr",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
         description="Model name of the KServe v2 endpoints (/v2/models/{name}/infer, metadata, readiness).",
     )
 
     # --- long videos -------------------------------------------------------------------------
     window_stride: float = Field(
-        default=DEFAULT_STRIDE_FRACTION, gt=0, le=1,
+        default=DEFAULT_STRIDE_FRACTION,
+        gt=0,
+        le=1,
         description="Stride between the model's overlapping windows on a video longer than its trained length, "
         "as a fraction of that length (0.5 -> 38 clips for the 75-clip QVHighlights model).",
     )
@@ -108,12 +128,14 @@ class Settings(BaseSettings):
     )
     redis_timeout_s: float = Field(default=0.5, gt=0, description="Socket/connect timeout for Redis calls.")
     redis_bulk_timeout_s: float = Field(
-        default=10.0, gt=0,
+        default=10.0,
+        gt=0,
         description="Socket timeout of the Redis calls that move a video's features (store, read): a 3-hour "
         "video is 30 MB. Connecting still fails after TRDETR_REDIS_TIMEOUT_S.",
     )
     redis_max_connections: int = Field(
-        default=32, ge=1,
+        default=32,
+        ge=1,
         description="Redis connection pool size; calls beyond it wait for a free connection (within the deadline).",
     )
     feature_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Expiry of stored video features.")
@@ -125,11 +147,13 @@ class Settings(BaseSettings):
         "no braces (they would change Redis Cluster hash slots).",
     )
     quota_max_videos: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="Most videos one API key (tenant) may store; 0 = no limit. Over it -> 403 quota_exceeded.",
     )
     quota_max_bytes: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="Most bytes of stored features one API key (tenant) may hold; 0 = no limit. Over it -> 403 "
         "quota_exceeded.",
     )
@@ -149,7 +173,8 @@ class Settings(BaseSettings):
 
     # --- limits and auth ---------------------------------------------------------------------
     max_body_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024,
+        default=64 * 1024 * 1024,
+        ge=1024,
         description="Largest feature upload body, PUT /v1/videos/... (413); the default fits a 3-hour float32 "
         "upload (5400 x 2816 x 4 B).",
     )
@@ -160,13 +185,15 @@ class Settings(BaseSettings):
         "of 32 float32 token features plus a 75-clip float32 inline video, base64-encoded.",
     )
     decode_concurrency: int = Field(
-        default=2, ge=1,
+        default=2,
+        ge=1,
         description="Feature files (uploads, inline videos) decoded at once; more wait their turn within the "
         "deadline, so uploads cannot starve searches.",
     )
     max_queries_per_request: int = Field(default=16, ge=1, description="Most queries in one request.")
     max_video_s: float = Field(
-        default=3 * 3600.0, gt=0,
+        default=3 * 3600.0,
+        gt=0,
         description="Longest accepted video in seconds (uploads and inline videos; longer -> 422). Videos "
         "longer than the model's window are searched on overlapping windows.",
     )
@@ -183,7 +210,8 @@ class Settings(BaseSettings):
 
     # --- search across videos (POST /v1/search) ------------------------------------------------
     search_exhaustive_limit: int = Field(
-        default=1000, ge=1,
+        default=1000,
+        ge=1,
         description="Most videos TR-DETR searches in one POST /v1/search (there is no stage-1 candidate index yet); "
         "a larger scope is cut to its first videos in insertion order and the response says so.",
     )
@@ -191,20 +219,25 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Most video_ids one POST /v1/search may name (422 beyond)."
     )
     search_cursor_ttl_s: int = Field(
-        default=600, ge=1, description="How long the next pages of a POST /v1/search stay available to its cursor."
+        default=600,
+        ge=1,
+        description="How long the next pages of a POST /v1/search stay available to its cursor.",
     )
 
     # --- video ingestion (PUT /v1/videos/{id}/video, jobs, workers) ----------------------------
     max_video_bytes: int = Field(
-        default=2 * 1024**3, ge=1024,
+        default=2 * 1024**3,
+        ge=1024,
         description="Largest video file accepted by PUT /v1/videos/{id}/video (413; Content-Length or streamed).",
     )
     upload_idle_timeout_s: float = Field(
-        default=30.0, gt=0,
+        default=30.0,
+        gt=0,
         description="A video upload whose body sends nothing for this long is cut off (408).",
     )
     upload_min_bytes_per_s: int = Field(
-        default=16384, ge=0,
+        default=16384,
+        ge=0,
         description="A video upload slower than this on average, measured after its first "
         "TRDETR_UPLOAD_IDLE_TIMEOUT_S seconds, is cut off (408); 0 disables the check.",
     )
@@ -212,7 +245,8 @@ class Settings(BaseSettings):
         default=16, ge=1, description="Video uploads one API process receives at once; more get 429."
     )
     max_queued_jobs: int = Field(
-        default=256, ge=1,
+        default=256,
+        ge=1,
         description="Ingestion jobs waiting or running (all processes together) before new uploads get 429.",
     )
     jobs_redis_url: str | None = Field(
@@ -233,7 +267,9 @@ class Settings(BaseSettings):
     ingest_s3_bucket: str | None = Field(
         default=None, description="Bucket of the upload store with TRDETR_INGEST_STORAGE=s3 (must exist)."
     )
-    ingest_s3_prefix: str = Field(default="trdetr-uploads/", description="Key prefix of uploads in that bucket.")
+    ingest_s3_prefix: str = Field(
+        default="trdetr-uploads/", description="Key prefix of uploads in that bucket."
+    )
     ingest_s3_endpoint_url: str | None = Field(
         default=None,
         description="Endpoint of an S3-compatible store (MinIO, SeaweedFS, Ceph...); unset -> AWS S3. "
@@ -245,21 +281,30 @@ class Settings(BaseSettings):
         "trdetr-worker processes do the work).",
     )
     job_max_tries: int = Field(
-        default=3, ge=1, description="Tries of an ingestion job (crashes, timeouts, transient errors) before it fails."
+        default=3,
+        ge=1,
+        description="Tries of an ingestion job (crashes, timeouts, transient errors) before it fails.",
     )
     job_claim_idle_s: float = Field(
-        default=60.0, gt=0,
+        default=60.0,
+        gt=0,
         description="A job whose worker sent no heartbeat for this long is taken over by another worker "
         "(heartbeats every quarter of it).",
     )
     job_timeout_s: float = Field(
-        default=4 * 3600.0, gt=0, description="Longest one try of an ingestion job may run before it is aborted."
+        default=4 * 3600.0,
+        gt=0,
+        description="Longest one try of an ingestion job may run before it is aborted.",
     )
     job_ttl_s: int = Field(
-        default=7 * 24 * 3600, ge=60, description="How long a job's status stays readable (from its last change)."
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long a job's status stays readable (from its last change).",
     )
     worker_metrics_port: int = Field(
-        default=9100, ge=0, le=65535,
+        default=9100,
+        ge=0,
+        le=65535,
         description="Port of trdetr-worker's Prometheus /metrics (0: none). trdetr-serve's in-process worker "
         "reports on the API's /metrics.",
     )
@@ -269,18 +314,33 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port of trdetr-serve.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     header_timeout_s: float = Field(
-        default=10.0, gt=0, description="Seconds a connection may take to send a request's line and headers (from "
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's line and headers (from "
         "opening, or from the previous response on a kept-alive connection); slower -> 408 `header_timeout` and "
-        "the connection is closed (slowloris)."
+        "the connection is closed (slowloris).",
     )
     max_connections: int = Field(
-        default=1000, ge=1, description="Open connections one server process accepts; one more gets 503 "
-        "`too_many_connections` and is closed at once."
+        default=1000,
+        ge=1,
+        description="Open connections one server process accepts; one more gets 503 "
+        "`too_many_connections` and is closed at once.",
     )
     graceful_shutdown_s: int = Field(
-        default=20, ge=0, description="Seconds uvicorn waits for in-flight requests on shutdown, and a stopping "
-        "ingestion worker lets its job run before giving it back to the queue."
+        default=20,
+        ge=0,
+        description="Seconds uvicorn waits for in-flight requests on shutdown, and a stopping "
+        "ingestion worker lets its job run before giving it back to the queue.",
     )
+
+    @model_validator(mode="after")
+    def _graph_needs_binding(self) -> Settings:
+        if self.cuda_graph and self.io_binding == "off":
+            raise ValueError(
+                "TRDETR_CUDA_GRAPH=true needs TRDETR_IO_BINDING=auto or on (CUDA graphs replay fixed "
+                "device buffers); set one or the other"
+            )
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -52,8 +52,26 @@ def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Session
     return options
 
 
+def cuda_provider_options(*, fp32: bool, cuda_graph: bool) -> dict[str, str]:
+    """CUDA EP options: TF32 off for fp32 graphs, CUDA-graph capture when asked.
+
+    TF32 (on by default in the CUDA EP on Ampere and later) rounds MatMul/Conv inputs to a 10-bit mantissa:
+    the fp32 graph then differs from the CPU by ~1e-3, above the 1e-4 parity gate, so fp32 runs with
+    ``use_tf32=0``. The fp16 graph computes its MatMuls in fp16 anyway and keeps the default.
+    """
+    options = {"use_tf32": "0"} if fp32 else {}
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return options
+
+
 class OnnxModel:
-    """One ``InferenceSession`` on the configured device; ``run`` is thread-safe (ORT guarantees it)."""
+    """One ``InferenceSession`` on the configured device; ``run`` is thread-safe (ORT guarantees it).
+
+    ``cuda_options``: CUDA EP provider options (:func:`cuda_provider_options`), ignored on the CPU. With
+    ``enable_cuda_graph`` set, plain :meth:`run` calls pass ``gpu_graph_id=-1`` (no capture, no replay):
+    graphs are captured and replayed only by :class:`service.inference.bound.BoundRunner`.
+    """
 
     def __init__(
         self,
@@ -62,17 +80,30 @@ class OnnxModel:
         device: Literal["auto", "cpu", "cuda"] = "auto",
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
+        cuda_options: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         wanted = requested_providers(device, ort.get_available_providers())
         options = session_options(intra_op_threads, inter_op_threads)
+        self.cuda_options = dict(cuda_options or {})
+        graph_requested = self.cuda_options.get("enable_cuda_graph") == "1"
+        providers: list[str | tuple[str, dict[str, str]]] = [
+            (CUDA, self.cuda_options) if name == CUDA else name for name in wanted
+        ]
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=wanted)
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises plain RuntimeError/Fail for EP start-up problems
             if wanted == [CPU]:
                 raise
+            if graph_requested:
+                raise ProviderError(
+                    f"TRDETR_CUDA_GRAPH=true but ONNX Runtime cannot capture {self.path.name} as a CUDA graph ({exc}); "
+                    "every node must run on the CUDA EP. Set TRDETR_CUDA_GRAPH=false."
+                ) from exc
             if device == "cuda":
-                raise ProviderError(f"TRDETR_DEVICE=cuda but the CUDA EP cannot run {self.path.name}: {exc}") from exc
+                raise ProviderError(
+                    f"TRDETR_DEVICE=cuda but the CUDA EP cannot run {self.path.name}: {exc}"
+                ) from exc
             log.warning("CUDA EP failed for %s (%s); running on the CPU", self.path.name, exc)
             self.session = ort.InferenceSession(str(self.path), options, providers=[CPU])
         self.providers: list[str] = self.session.get_providers()
@@ -87,8 +118,21 @@ class OnnxModel:
         log.info("%s runs on %s", self.path.name, ", ".join(self.providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.run_options = ort.RunOptions()
+        if self.cuda_graph:
+            self.run_options.add_run_config_entry("gpu_graph_id", "-1")
+
+    @property
+    def on_cuda(self) -> bool:
+        """The session runs on the CUDA EP."""
+        return CUDA in self.providers
+
+    @property
+    def cuda_graph(self) -> bool:
+        """CUDA-graph capture was asked for (effective only :attr:`on_cuda`)."""
+        return self.cuda_options.get("enable_cuda_graph") == "1" and self.on_cuda
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on named inputs; returns every output by name."""
-        outputs = self.session.run(self.output_names, feeds)
+        outputs = self.session.run(self.output_names, feeds, self.run_options)
         return dict(zip(self.output_names, outputs, strict=True))
