@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from model_export.config import TRDETRConfig  # noqa: E402
 from model_export.export.cases import InputSpec, batch_case, random_cases  # noqa: E402
+from model_export.export.graph_opt import optimise_graph  # noqa: E402
 from model_export.export.int8 import calibration_batches, quantize_int8  # noqa: E402
 from model_export.export.onnx_export import TRDETR_INPUTS, export_trdetr  # noqa: E402
 from model_export.model import build_model  # noqa: E402
@@ -55,6 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch size")
     parser.add_argument("--budget-s", type=float, default=2.0, help="seconds per engine per round (at least 1 run)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/trdetr-bench-engine"))
+    parser.add_argument("--engines", nargs="+", help="run only these engines (labels as in the table); "
+                        "torch eager always runs")
+    parser.add_argument("--graph", action="append", default=[], metavar="LABEL=PATH",
+                        help="also time this ONNX file (e.g. an older export) under LABEL")
+    parser.add_argument("--ort-configs", nargs="+", default=[], metavar="THREADS:SPIN",
+                        help="also run the ORT fp32 graph with these intra-op threads and spinning (0/1), "
+                        "e.g. 1:0 2:1")
     return parser.parse_args(argv)
 
 
@@ -72,6 +80,7 @@ def build_graphs(work_dir: Path) -> tuple[torch.nn.Module, dict[str, Path]]:
               "ORT int8 dynamic": work_dir / "model.int8.dynamic.onnx"}
     if not graphs["ORT fp32"].exists():
         export_trdetr(model, RELEASED["t_feat_dim"], RELEASED["v_feat_dim"], graphs["ORT fp32"], 18)
+        optimise_graph(graphs["ORT fp32"])  # what trdetr-export writes as model.onnx
     calibration = calibration_batches(random_cases(SPEC, 40, seed=1)[9:], 64)
     for name, mode in (("ORT int8 static", "static"), ("ORT int8 dynamic", "dynamic")):
         if not graphs[name].exists():
@@ -79,11 +88,16 @@ def build_graphs(work_dir: Path) -> tuple[torch.nn.Module, dict[str, Path]]:
     return model, graphs
 
 
-def ort_engine(path: Path, threads: int) -> Callable[[Feeds], object]:
+def build_graphs_fp32(work_dir: Path) -> Path:
+    """The cached fp32 graph written by :func:`build_graphs`."""
+    return work_dir / "model.onnx"
+
+
+def ort_engine(path: Path, threads: int, spin: bool = False) -> Callable[[Feeds], object]:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda feeds: session.run(None, feeds)
 
@@ -128,8 +142,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model, graphs = build_graphs(args.work_dir)
+    graphs.update(dict(item.split("=", 1) for item in args.graph))
+    if args.engines:
+        graphs = {name: path for name, path in graphs.items() if name in args.engines}
     engines = {"torch eager": torch_engine(model)}
-    engines.update({name: ort_engine(path, args.threads) for name, path in graphs.items()})
+    engines.update({name: ort_engine(Path(path), args.threads) for name, path in graphs.items()})
+    for config in args.ort_configs:
+        threads, spin = (int(v) for v in config.split(":"))
+        engines[f"ORT fp32, {threads} threads{', spinning' if spin else ''}"] = ort_engine(
+            build_graphs_fp32(args.work_dir), threads, bool(spin))
     rows = [row for batch in args.batches for row in bench_batch(engines, batch, args)]
     print(f"\nreleased-size TR-DETR, {args.clips} clips x {args.tokens} tokens per row, {args.threads} threads, "
           f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.rounds} interleaved rounds")

@@ -48,6 +48,7 @@ from .audio_encoder import AUDIO_ONNX, attach_audio_encoder, check_audio_encoder
 from .cases import InputSpec, random_cases
 from .checks import GateRun, build_cases, memoize, run_gates, torch_runner
 from .fp16 import convert_to_fp16
+from .graph_opt import optimise_graph
 from .image_encoder import IMAGE_ONNX, check_image_encoder, clip_towers, export_image_encoder
 from .int8 import INT8_FILE, Int8Info, Int8Mode, calibration_batches, dataset_cases, quantize_int8, r1_at_05
 from .layouts import AudioLayout, VideoLayout, resolve_audio_layout, resolve_video_layout
@@ -180,6 +181,7 @@ def export_bundle(
 
     steps.set_postfix_str(FP32_FILE)
     export_trdetr(model, config.t_feat_dim, config.vid_input_dim, out_dir / FP32_FILE, opset)
+    optimise_graph(out_dir / FP32_FILE)  # exact standard-ONNX rewrites; the fp32 gates below check the result
     steps.update()
     steps.set_postfix_str(FP16_FILE if fp16 else "no fp16")
     fp32_ops = convert_to_fp16(out_dir / FP32_FILE, out_dir / FP16_FILE) if fp16 else None

@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _key_bias(key_valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """(batch, Lk) bool -> (batch, Lk) additive score bias: 0 where True, -inf where False.
+
+    Adding it equals ``masked_fill(~key_valid, -inf)`` bit for bit (x + 0 = x, x + -inf = -inf) but exports to
+    a broadcast Add over the (batch, heads, Lq, Lk) scores instead of a Where, which ONNX Runtime runs faster.
+    """
+    return torch.zeros(key_valid.shape, dtype=dtype, device=key_valid.device).masked_fill(~key_valid, float("-inf"))
+
+
 def _attend(q: Tensor, k: Tensor, v: Tensor, nheads: int, key_valid: Tensor | None, dropout: float = 0.0,
             training: bool = False) -> Tensor:
     """Scaled dot-product attention per head (dropout on the attention weights while training).
@@ -21,7 +30,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, nheads: int, key_valid: Tensor | No
     v = v.reshape(bsz, v.shape[1], nheads, v.shape[2] // nheads).transpose(1, 2)
     scores = torch.matmul(q, k.transpose(-2, -1))  # (batch, heads, Lq, Lk)
     if key_valid is not None:
-        scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+        scores = scores + _key_bias(key_valid, scores.dtype)[:, None, None, :]
     weights = F.dropout(scores.softmax(dim=-1), p=dropout, training=training)
     out = torch.matmul(weights, v)  # (batch, heads, Lq, V / heads)
     return out.transpose(1, 2).reshape(bsz, len_q, -1)
