@@ -13,14 +13,19 @@ the real interfaces (a CLIP image tower: (B, 3, 224, 224) -> 512; a SlowFast: 8 
 its tests and its container run end to end without a trained model.
 
 Size: every weight is drawn on the fp16 grid, so the fp32 graphs store them as fp16 (losslessly,
-see ``store_exact_fp16_weights``) and the bundle stays under 10 MB. Re-running the command with the
-same seed and library versions gives the same weights.
+see ``store_exact_fp16_weights``) and the bundle stays under 10 MB.
+
+Reproducible: re-running the command with the same seed, library versions and CPU writes the same
+bytes in every file, from any directory and to any output path (tests/export/test_reproducible_bundle.py).
+The ONNX graphs hold no path; ``created_at`` is ``SOURCE_DATE_EPOCH`` when that is set, else
+1970-01-01T00:00:00+00:00 (epoch 0, meaning "no date"), never the clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -37,19 +42,31 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from model_export import TRDETRConfig, build_model, save_checkpoint
 from model_export.export import export_bundle
+from model_export.export.bundle import build_timestamp
 from model_export.slowfast import LoadedSlowFast, SlowFast, init_random_, tiny_config
 from trdetr_common.manifest import Manifest, VideoFeatureGroup
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "service" / "default_bundle"
 DEMO_VIDEO_GROUPS = [VideoFeatureGroup(name="slowfast", dim=2304), VideoFeatureGroup(name="clip", dim=512)]
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+DEMO_SOURCE_DATE_EPOCH = "0"  # created_at when SOURCE_DATE_EPOCH is unset: 1970-01-01, i.e. no date
 
 
 def demo_config() -> TRDETRConfig:
     """Released preprocessing contract, reduced depth and width where it does not touch the contract."""
     return TRDETRConfig(
-        v_feat_dim=2304 + 512 + 2, t_feat_dim=512, hidden_dim=256, nheads=8, num_queries=10, max_v_l=75,
-        max_q_l=32, clip_length=2.0, enc_layers=1, dec_layers=1, dim_feedforward=256, n_input_proj=1,
+        v_feat_dim=2304 + 512 + 2,
+        t_feat_dim=512,
+        hidden_dim=256,
+        nheads=8,
+        num_queries=10,
+        max_v_l=75,
+        max_q_l=32,
+        clip_length=2.0,
+        enc_layers=1,
+        dec_layers=1,
+        dim_feedforward=256,
+        n_input_proj=1,
     )
 
 
@@ -79,7 +96,12 @@ def byte_level_vocab() -> dict[str, int]:
 
 
 def write_tiny_clip_text_dir(
-    directory: Path, *, seed: int = 0, hidden_size: int = 512, num_layers: int = 0, num_heads: int = 8,
+    directory: Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 512,
+    num_layers: int = 0,
+    num_heads: int = 8,
     intermediate_size: int = 64,
 ) -> Path:
     """Write a Hugging Face CLIP text model + tokenizer directory with random weights.
@@ -96,9 +118,16 @@ def write_tiny_clip_text_dir(
     (directory / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer.from_pretrained(directory, model_max_length=77)
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, max_position_embeddings=77,
-        bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS], projection_dim=hidden_size,
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=77,
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[EOS],
+        projection_dim=hidden_size,
     )
     torch.manual_seed(seed)
     model = CLIPTextModel(config).eval()
@@ -116,8 +145,13 @@ def write_tiny_clip_vision_dir(directory: Path, *, seed: int = 0, hidden_size: i
     """
     directory.mkdir(parents=True, exist_ok=True)
     config = CLIPVisionConfig(
-        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=1, num_attention_heads=2,
-        image_size=224, patch_size=32, projection_dim=512,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=224,
+        patch_size=32,
+        projection_dim=512,
     )
     torch.manual_seed(seed)
     model = CLIPVisionModelWithProjection(config).eval()
@@ -143,7 +177,9 @@ def build_demo_slowfast(seed: int = 0) -> LoadedSlowFast:
     return LoadedSlowFast(model=model, file_name=None, sha256=None, format="random-init")
 
 
-def build_demo_bundle(out_dir: Path, *, seed: int = 0, num_random_cases: int = 50, progress: bool = True) -> Manifest:
+def build_demo_bundle(
+    out_dir: Path, *, seed: int = 0, num_random_cases: int = 50, progress: bool = True
+) -> Manifest:
     """Build, export and gate the demo bundle into ``out_dir``."""
     notes = [
         "UNTRAINED demo bundle: seeded random weights, predictions are meaningless. Regenerate with "
@@ -157,14 +193,23 @@ def build_demo_bundle(out_dir: Path, *, seed: int = 0, num_random_cases: int = 5
         "features mean nothing.",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = save_checkpoint(Path(tmp) / "demo_untrained.ckpt", build_demo_model(seed), demo_config(),
-                                     fmt="trdetr-service")
+        checkpoint = save_checkpoint(
+            Path(tmp) / "demo_untrained.ckpt", build_demo_model(seed), demo_config(), fmt="trdetr-service"
+        )
         text_dir = write_tiny_clip_text_dir(Path(tmp) / "tiny_clip_text", seed=seed)
         vision_dir = write_tiny_clip_vision_dir(Path(tmp) / "tiny_clip_vision", seed=seed)
         return export_bundle(
-            checkpoint, out_dir, text_encoder_dir=text_dir, video_groups=DEMO_VIDEO_GROUPS,
-            num_random_cases=num_random_cases, untrained=True, notes=notes, progress=progress,
-            image_encoder_dir=vision_dir, slowfast=build_demo_slowfast(seed),
+            checkpoint,
+            out_dir,
+            text_encoder_dir=text_dir,
+            video_groups=DEMO_VIDEO_GROUPS,
+            num_random_cases=num_random_cases,
+            untrained=True,
+            notes=notes,
+            progress=progress,
+            image_encoder_dir=vision_dir,
+            slowfast=build_demo_slowfast(seed),
+            created_at=build_timestamp(os.environ.get("SOURCE_DATE_EPOCH") or DEMO_SOURCE_DATE_EPOCH),
         )
 
 
@@ -173,13 +218,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m model_export.demo_bundle",
         description="Write the untrained demo bundle (random weights, released preprocessing contract).",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"bundle directory (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"bundle directory (default {DEFAULT_OUT})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
-    parser.add_argument("--random-cases", type=int, default=50, help="random parity input batches (default 50)")
+    parser.add_argument(
+        "--random-cases", type=int, default=50, help="random parity input batches (default 50)"
+    )
     args = parser.parse_args(argv)
     manifest = build_demo_bundle(args.out, seed=args.seed, num_random_cases=args.random_cases)
     size = sum(entry.bytes for entry in manifest.files.values())
-    print(f"demo bundle written to {args.out}: {size / 1e6:.1f} MB, parity passed: {manifest.parity['passed']}")
+    print(
+        f"demo bundle written to {args.out}: {size / 1e6:.1f} MB, parity passed: {manifest.parity['passed']}"
+    )
     return 0
 
 

@@ -3,11 +3,20 @@
 ``export_bundle`` is what ``trdetr-export CKPT --out DIR`` runs; ``verify_bundle`` is
 ``trdetr-export verify DIR``. A bundle whose parity gates fail gets its ``parity.json`` (to read
 why) but no ``manifest.json``, so the service cannot load it.
+
+Reproducible: no file holds a path of the machine that wrote it (the ONNX graphs go through
+``strip_build_metadata``; the manifest names the checkpoint by file name and sha256), and the one
+clock reading, ``created_at`` in manifest.json and parity.json, is ``SOURCE_DATE_EPOCH`` when that is
+set (https://reproducible-builds.org/specs/source-date-epoch/). With the same inputs, library
+versions and CPU the bundle is the same bytes; parity.json (and so manifest.json, which holds its
+sha256 and summary) also records measured torch-vs-ORT differences and the library versions, which
+may change in the last digits on another CPU or with other versions.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -61,6 +70,7 @@ from .onnx_export import (
     export_trdetr,
     gru_problems,
     store_exact_fp16_weights,
+    strip_build_metadata_file,
 )
 from .parity import (
     CPU,
@@ -102,6 +112,20 @@ class VerificationError(RuntimeError):
     """A bundle is not what its manifest says (missing file, sha256 mismatch, wrong graph I/O)."""
 
 
+def build_timestamp(source_date_epoch: str | None = None) -> str:
+    """``created_at`` of a bundle: ``SOURCE_DATE_EPOCH`` (argument, else environment) when set, else now (UTC).
+
+    Raises:
+        ValueError: SOURCE_DATE_EPOCH is not a non-negative integer number of seconds.
+    """
+    value = source_date_epoch if source_date_epoch is not None else os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return datetime.now(UTC).isoformat(timespec="seconds")
+    if not value.strip().isdigit():
+        raise ValueError(f"SOURCE_DATE_EPOCH={value!r}: give whole seconds since 1970-01-01 UTC, e.g. 1767225600")
+    return datetime.fromtimestamp(int(value), UTC).isoformat(timespec="seconds")
+
+
 def _log(message: str, progress: bool) -> None:
     if progress:
         tqdm.write(message, file=sys.stderr)
@@ -129,6 +153,7 @@ def export_bundle(
     int8: bool = False,
     int8_mode: Int8Mode = "static",
     int8_data=None,
+    created_at: str | None = None,
 ) -> Manifest:
     """Export ``checkpoint`` into the bundle directory ``out_dir`` and check it.
 
@@ -157,10 +182,12 @@ def export_bundle(
         int8_mode: "static" (QDQ, calibrated) or "dynamic" (see ``model_export.export.int8``).
         int8_data: labelled feature dataset (``training.dataset.DatasetConfig``) in the model's layout: a
             quarter of its rows calibrate the int8 graph, the rest are gated (top-1, saliency, R1@0.5).
+        created_at: ISO timestamp for manifest.json and parity.json (default :func:`build_timestamp`).
     Returns:
         the written Manifest. Raises ParityError (after writing parity.json) when a gate fails.
     """
     started = time.perf_counter()
+    created_at = created_at or build_timestamp()
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     opset = opset or DEFAULT_OPSET
     thresholds = thresholds or Thresholds()
@@ -208,6 +235,9 @@ def export_bundle(
         if untrained:
             pann_spec = pann_spec.model_copy(update={"weights": pann_spec.weights.model_copy(update={"untrained": True})})
         audio = attach_audio_encoder(audio, pann_spec)
+    for name in _BUNDLE_FILES:  # fp16/int8 converters and re-saves too: no path, no stack trace in any graph
+        if name.endswith(".onnx") and (out_dir / name).is_file():
+            strip_build_metadata_file(out_dir / name)
     steps.update()
 
     steps.set_postfix_str("parity" if run_parity else "parity skipped")
@@ -216,6 +246,7 @@ def export_bundle(
         out_dir, model, config, spec, fp16, text_encoder_dir, fixtures_dir,
         num_random_cases if run_parity else 0, thresholds, run_parity, progress,
         image_encoder_dir=image_encoder_dir, slowfast=slowfast, pann=pann, int8=int8, int8_data=int8_data,
+        created_at=created_at,
     )
     steps.update()
     steps.close()
@@ -224,7 +255,7 @@ def export_bundle(
         raise ParityError(report["failure_message"] + f"\nfull report: {out_dir / PARITY_FILE} (no manifest written)")
 
     manifest = Manifest(
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_at=created_at,
         source=SourceCheckpoint(
             file_name=checkpoint.name, sha256=sha256_file(checkpoint),
             checkpoint_format=loaded.format, epoch=loaded.epoch,
@@ -272,7 +303,7 @@ def _int8_gates(bundle_dir: Path, fp32_reference, cases: list, thresholds: Thres
         fp32_r1, queries = r1_at_05(fp32, data, **manifest_pre)
         int8_r1, _ = r1_at_05(int8, data, **manifest_pre)
         gates.append(r1_gate("int8 R1@0.5 vs fp32 (CPUExecutionProvider)", fp32_r1, int8_r1, queries,
-                             thresholds=thresholds, dataset=str(data.annotation_path)))
+                             thresholds=thresholds, dataset=Path(data.annotation_path).name))
     return gates
 
 
@@ -373,16 +404,17 @@ def _parity_report(
     pann: LoadedPann | None = None,
     int8: bool = False,
     int8_data=None,
+    created_at: str | None = None,
 ) -> dict:
     """Run the model gates (and the text and video encoder checks) and assemble parity.json's content."""
     report: dict = {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": created_at or build_timestamp(),
         "ran": run_parity,
         "environment": _environment(),
         "thresholds": asdict(thresholds),
         "num_random_cases": num_random_cases,
         "random_seed": 0,
-        "fixtures_dir": str(fixtures_dir) if fixtures_dir else None,
+        "fixtures_dir": Path(fixtures_dir).name if fixtures_dir else None,  # a name: no path of this machine
     }
     if not run_parity:
         report.update(passed=True, gates=[], providers=[], skipped=["run_parity=False: no gate was run"])

