@@ -23,6 +23,7 @@ from service.cache import FeatureStore, layout_version
 from service.metrics import Metrics
 from service.quota import Quota
 from service.settings import Settings
+from service.stage1 import video_summarizer
 from trdetr_common.cli import HelpFormatter
 from trdetr_common.manifest import Manifest
 
@@ -69,7 +70,7 @@ async def _run(settings: Settings, metrics_port: int) -> int:
         cache_url, timeout_s=settings.redis_timeout_s, max_connections=settings.redis_max_connections,
         pool_timeout_s=settings.request_timeout_s, prefix=settings.redis_key_prefix, layout=layout_version(pre),
         ttl_s=settings.feature_ttl_s, metrics=metrics, model_input=_write_only, local_videos=0,
-        quota=Quota(settings.quota_max_videos, settings.quota_max_bytes),
+        quota=Quota(settings.quota_max_videos, settings.quota_max_bytes), summarize=video_summarizer(pre),
     )
     client = jobs_client(settings.jobs_redis_url or cache_url, settings, blocking=True)
     storage = await asyncio.to_thread(storage_from_settings, settings)

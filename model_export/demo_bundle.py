@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers import (
     CLIPTextConfig,
-    CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
@@ -106,8 +106,9 @@ def write_tiny_clip_text_dir(
 ) -> Path:
     """Write a Hugging Face CLIP text model + tokenizer directory with random weights.
 
-    Same interface as ``openai/clip-vit-base-patch32``'s text half (``CLIPTextModel``,
-    ``CLIPTokenizer`` from vocab.json/merges.txt, 77-token context); made locally, nothing downloaded.
+    Same interface as ``openai/clip-vit-base-patch32``'s text half (``CLIPTextModelWithProjection``: the text
+    transformer and its projection to the ``hidden_size``-d joint space, ``CLIPTokenizer`` from
+    vocab.json/merges.txt, 77-token context); made locally, nothing downloaded.
 
     Returns:
         ``directory``.
@@ -130,7 +131,7 @@ def write_tiny_clip_text_dir(
         projection_dim=hidden_size,
     )
     torch.manual_seed(seed)
-    model = CLIPTextModel(config).eval()
+    model = CLIPTextModelWithProjection(config).eval()
     _round_to_fp16_grid(model)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

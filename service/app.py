@@ -26,6 +26,7 @@ from service.middleware import VIDEO_UPLOAD_PATH, BodyLimitMiddleware, MetricsMi
 from service.quota import Quota
 from service.routers import collection_search, collections, ingest, kserve, ops, search, videos
 from service.settings import Settings, get_settings
+from service.stage1 import Stage1Indexes, embedding_dim, video_summarizer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,10 @@ async def _start(runtime: Runtime) -> None:
         local_bytes=int(settings.local_cache_mb * 1024 * 1024),
         bulk_timeout_s=settings.redis_bulk_timeout_s,
         cluster=settings.redis_cluster and settings.redis_url is not None,
+        summarize=video_summarizer(bundle.pre),
     )
+    if (dim := embedding_dim(bundle.pre)) is not None and bundle.text_encoder is not None:
+        runtime.stage1 = Stage1Indexes(dim)
     if not await runtime.store.ping():
         log.warning("feature cache at %s is unreachable; stored-video requests get 503 until it is back", url)
     await asyncio.to_thread(bundle.warmup, settings.warmup_runs)

@@ -1,10 +1,12 @@
 """Redis feature store for per-video clip features, one namespace per tenant.
 
-Each video is one Redis hash ``{prefix}:{<tenant>}:<layout>:video:<video_id>`` with two fields:
+Each video is one Redis hash ``{prefix}:{<tenant>}:<layout>:video:<video_id>`` with these fields:
 
 - ``feat``: the preprocessed (normalised, groups concatenated, no TEF) features ``(T, D)`` as
   little-endian **float16** bytes, row-major. fp16 halves memory; the values are L2-normalised
   (|x| <= 1), where fp16's ~3 significant digits cost far less than the model's own tolerance.
+- ``s1``: the video's stage-1 search summary (:mod:`service.stage1`: its CLIP image group, max over clips,
+  L2-normalised, float16), when the bundle has a text embedding in that space; it expires with the features.
 - ``meta``: JSON (clip count, dims, clip length, store time, truncation notes, and ``version``: a
   uuid4 hex written by every ``put``, so a reader can tell whether its local copy is still current).
 
@@ -51,6 +53,7 @@ STORAGE_DTYPE = np.dtype("<f2")
 STORAGE_FORMAT = "float16-le-rowmajor"
 
 ModelInput = Callable[[np.ndarray], np.ndarray]
+Summarize = Callable[[np.ndarray], bytes]
 
 
 def layout_version(pre: PreprocessingContract) -> str:
@@ -124,14 +127,16 @@ class FeatureStore:
     def __init__(
         self, client: aioredis.Redis, *, prefix: str, layout: str, ttl_s: int, metrics: Metrics,
         model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
-        quota: Quota | None = None, bulk_client: aioredis.Redis | None = None,
+        quota: Quota | None = None, bulk_client: aioredis.Redis | None = None, summarize: Summarize | None = None,
     ) -> None:
         """``model_input`` turns stored features (T, D) into the model's video input (the bundle's
         ``video_input``); ``local_videos`` and ``local_bytes`` bound the in-process LRU of those inputs
         (0 videos disables it); ``quota`` limits what each tenant may store. ``bulk_client`` (default:
         ``client``) moves the features themselves: a 3-hour video is 30 MB, which must not be held to the
-        short timeout of the small calls."""
+        short timeout of the small calls. ``summarize`` turns stored features (T, D) into the video's stage-1
+        summary bytes (:func:`service.stage1.video_summarizer`), kept next to them; None: no summaries."""
         self.client = client
+        self.summarize = summarize
         self.bulk = bulk_client or client
         self.prefix = prefix
         self.layout = layout
@@ -151,6 +156,7 @@ class FeatureStore:
         cls, url: str, *, timeout_s: float, max_connections: int, pool_timeout_s: float, prefix: str, layout: str,
         ttl_s: int, metrics: Metrics, model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
         quota: Quota | None = None, bulk_timeout_s: float | None = None, cluster: bool = False,
+        summarize: Summarize | None = None,
     ) -> FeatureStore:
         """Pooled clients that fail fast (one immediate retry, for connections gone stale after a restart).
 
@@ -182,7 +188,7 @@ class FeatureStore:
         bulk = client(bulk_timeout_s) if bulk_timeout_s and bulk_timeout_s != timeout_s else None
         return cls(client(timeout_s), prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics,
                    model_input=model_input, local_videos=local_videos, local_bytes=local_bytes, quota=quota,
-                   bulk_client=bulk)
+                   bulk_client=bulk, summarize=summarize)
 
     def tenant(self, tenant_id: str) -> TenantStore:
         """The videos of one tenant (see :mod:`service.tenancy`): it sees no other tenant's."""
@@ -237,21 +243,23 @@ class TenantStore:
         meta = {**meta, "stored_at": time.time(), "storage_dtype": STORAGE_FORMAT, "version": uuid.uuid4().hex}
         store.local.forget(self._local_key(video_id))
         blob = np.ascontiguousarray(features, dtype=STORAGE_DTYPE).tobytes()
-        result = await self._put(video_id, blob, meta, collections)
+        summary = store.summarize(features) if store.summarize is not None else b""
+        result = await self._put(video_id, blob, summary, meta, collections)
         if result[0] == 0 and await self._forget_evicted():
-            result = await self._put(video_id, blob, meta, collections)
+            result = await self._put(video_id, blob, summary, meta, collections)
         if result[0] == 0:
             which = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
             raise quota_exceeded(which, store.quota, int(result[2]), int(result[3]), int(result[4]))
         store.metrics.cache.labels("put", "stored").inc()
         return {**meta, "ttl_s": store.ttl_s, "collections": sorted(name.decode() for name in result[5])}
 
-    async def _put(self, video_id: str, blob: bytes, meta: dict[str, Any], collections: Sequence[str]) -> list[Any]:
+    async def _put(self, video_id: str, blob: bytes, summary: bytes, meta: dict[str, Any],
+                   collections: Sequence[str]) -> list[Any]:
         store, quota = self.store, self.store.quota
         return await store.redis("put", store.put_script(
             keys=[self.keys.video(video_id), *self.keys.books()],
             args=[video_id, blob, orjson.dumps(meta), store.ttl_s, time.time(), quota.max_videos, quota.max_bytes,
-                  self.keys.base, *dict.fromkeys(collections)],
+                  self.keys.base, summary, *dict.fromkeys(collections)],
         ))
 
     async def _forget_evicted(self) -> int:

@@ -18,6 +18,7 @@ from service.inference.bundle import ModelBundle
 from service.inference.text_queries import TextQueryEncoder
 from service.metrics import Metrics
 from service.settings import Settings
+from service.stage1 import Stage1Indexes
 from service.tenancy import Tenant
 from trdetr_common.manifest import PreprocessingContract
 from trdetr_common.windows import WindowPlan, plan_windows, stride_for
@@ -45,6 +46,7 @@ class Runtime:
     store: FeatureStore | None = None
     batcher: DynamicBatcher | None = None
     text: TextQueryEncoder | None = None
+    stage1: Stage1Indexes | None = None  # None: the bundle has no text embedding (no stage-1 search)
     embedded_redis: EmbeddedRedis | None = None
     ingest: Ingest | None = None
     workers: WorkerPools = field(init=False)

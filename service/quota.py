@@ -19,7 +19,9 @@ restarts from the videos stored afterwards (documented in service/README.md).
 The same scripts keep the listing index and the collections (:mod:`service.collections`) in step: a put
 gives a new video the next insertion number (a replaced one keeps its own, so listing cursors stay
 valid) and adds it to the collections named with it; a delete, a forgotten eviction and the sweep of
-expired videos (run by every put and before every listing or search) take it out of all of them.
+expired videos (run by every put and before every listing or search) take it out of all of them. Each of
+these steps also appends the video's id to the tenant's stage-1 change log (``s1log``, a Redis stream), in the
+same atomic step, so every replica's candidate index can follow (:mod:`service.stage1`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,20 @@ from dataclasses import dataclass
 
 from service.errors import ServiceError
 
-UNLIST_LUA = """
+STAGE1_LOG_MAXLEN = 100_000
+"""Approximate length the stage-1 change log is trimmed to (``XADD MAXLEN ~``); a replica that falls further
+behind (its last entry trimmed away) rebuilds its index from the stored summaries."""
+
+STAGE1_LOG_LUA = f"""
+local function s1log(base, id)
+  local seq = redis.call('INCR', base .. ':s1seq')
+  redis.call('XADD', base .. ':s1log', 'MAXLEN', '~', {STAGE1_LOG_MAXLEN}, '*', 'seq', seq, 'id', id)
+end
+"""
+"""Lua: note in the tenant's stage-1 change log that a video's summary may have changed (put, replace, delete,
+expiry): every replica re-reads that video's summary (:mod:`service.stage1`)."""
+
+UNLIST_LUA = STAGE1_LOG_LUA + """
 local function unlist(base, id)
   redis.call('ZREM', base .. ':index', id)
   local memberships = base .. ':vcoll:' .. id
@@ -47,6 +62,7 @@ local function sweep(sizes, expiry, bytes, base, now)
     redis.call('DECRBY', bytes, tonumber(redis.call('HGET', sizes, gone) or '0'))
     redis.call('HDEL', sizes, gone)
     unlist(base, gone)
+    s1log(base, gone)
   end
   redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
 end
@@ -61,10 +77,10 @@ return 1
 
 PUT_SCRIPT = SWEEP_LUA + """
 -- KEYS: video, sizes, expiry, bytes.  ARGV: video_id, feat, meta, ttl_s, now_s, max_videos, max_bytes, base,
--- collection names to add the video to...
+-- stage-1 summary ('' for none), collection names to add the video to...
 local id, ttl, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_videos, max_bytes, base = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
-local size = string.len(ARGV[2]) + string.len(ARGV[3])
+local size = string.len(ARGV[2]) + string.len(ARGV[3]) + string.len(ARGV[9])
 sweep(KEYS[2], KEYS[3], KEYS[4], base, now)
 local old = tonumber(redis.call('HGET', KEYS[2], id) or '-1')
 local videos = redis.call('HLEN', KEYS[2])
@@ -74,6 +90,7 @@ if max_videos > 0 and videos > max_videos then return {0, 'videos', videos - 1, 
 if max_bytes > 0 and used > max_bytes then return {0, 'bytes', videos - 1, used - size, size} end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'feat', ARGV[2], 'meta', ARGV[3])
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 's1', ARGV[9]) end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('HSET', KEYS[2], id, size)
 redis.call('ZADD', KEYS[3], now + ttl, id)
@@ -87,7 +104,7 @@ if not seq then
   redis.call('ZADD', index, seq, id)
 end
 local memberships = base .. ':vcoll:' .. id
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   redis.call('SADD', memberships, ARGV[i])
   redis.call('SADD', names, ARGV[i])
 end
@@ -98,6 +115,8 @@ end
 if redis.call('EXISTS', memberships) == 1 then redis.call('EXPIRE', memberships, 2 * ttl) end
 for _, key in ipairs({index, base .. ':seq'}) do redis.call('EXPIRE', key, ttl) end
 if redis.call('EXISTS', names) == 1 then redis.call('EXPIRE', names, ttl) end
+s1log(base, id)
+for _, key in ipairs({base .. ':s1log', base .. ':s1seq'}) do redis.call('EXPIRE', key, ttl) end
 return {1, 'ok', videos, used, size, redis.call('SMEMBERS', memberships)}
 """
 
@@ -112,6 +131,7 @@ if size then
   redis.call('DECRBY', KEYS[4], tonumber(size))
 end
 unlist(ARGV[3], ARGV[1])
+if removed == 1 or size then s1log(ARGV[3], ARGV[1]) end
 return removed
 """
 FORGET_SCRIPT = DELETE_SCRIPT  # with only_if_gone = '1'
@@ -155,6 +175,14 @@ class TenantKeys:
     def search_results(self, token: str) -> str:
         """The ranked results of one ``POST /v1/search``, kept for its cursor's next pages."""
         return f"{self.base}:search:{token}"
+
+    def stage1_log(self) -> str:
+        """Stream of ``{seq, id}`` entries: videos whose stage-1 summary may have changed (:mod:`service.stage1`)."""
+        return f"{self.base}:s1log"
+
+    def stage1_seq(self) -> str:
+        """Counter numbering the :meth:`stage1_log` entries (a gap tells a replica it missed some)."""
+        return f"{self.base}:s1seq"
 
     def memberships(self, video_id: str) -> str:
         """Set of the collection names a video belongs to."""

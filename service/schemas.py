@@ -252,12 +252,15 @@ class CollectionSearchResponse(BaseModel):
     results: list[SearchHit] = Field(description="Best first across videos; at most per_video_k of one video.")
     next_cursor: str | None = Field(description="Send the same request with this cursor for the next page.")
     searched_videos: int = Field(description="Stored videos in scope (the collection, or the given ids found).")
-    candidate_videos: int = Field(description="Videos TR-DETR ran on (fewer than searched_videos when the scope was "
-                                  "cut at TRDETR_SEARCH_EXHAUSTIVE_LIMIT).")
-    stage1: Literal["none", "exhaustive_limit"] = Field(
-        description="none: every video in scope was searched by TR-DETR; exhaustive_limit: the scope was larger "
-        "than TRDETR_SEARCH_EXHAUSTIVE_LIMIT and no stage-1 candidate index exists yet, so only its first "
-        "TRDETR_SEARCH_EXHAUSTIVE_LIMIT videos (in the order they were stored) were searched.")
+    candidate_videos: int = Field(description="Videos TR-DETR ran on (fewer than searched_videos when stage 1 picked "
+                                  "candidates or the scope was cut at TRDETR_SEARCH_EXHAUSTIVE_LIMIT).")
+    stage1: Literal["none", "index", "exhaustive_limit"] = Field(
+        description="none: every video in scope was searched by TR-DETR; index: the scope was larger than "
+        "TRDETR_SEARCH_CANDIDATES, and the TRDETR_SEARCH_CANDIDATES videos whose CLIP image summary is most "
+        "similar to the query's CLIP text embedding were searched; exhaustive_limit: stage 1 could not run (a "
+        "bundle without a CLIP text embedding, or a query given as token features; notes say which) and the "
+        "scope was larger than TRDETR_SEARCH_EXHAUSTIVE_LIMIT, so only its first videos (in the order they were "
+        "stored) were searched.")
     notes: list[str] = Field(default_factory=list, description="What limited this search, if anything.")
 
     model_config = ConfigDict(json_schema_extra={"examples": [

@@ -6,8 +6,13 @@ Runtime runs, and a video's moments are exactly what ``POST /v1/moments`` answer
 ``nms_iou`` / ``min_score``, ``top_k`` = ``per_video_k``). At most ``TRDETR_MAX_BATCH_SIZE`` videos are
 loaded and in flight at once, so memory stays bounded whatever the collection's size.
 
-Stage 1 (picking candidates by CLIP similarity in a vector index) is not built yet: a scope larger than
-``TRDETR_SEARCH_EXHAUSTIVE_LIMIT`` is cut to its first videos in insertion order, and the response says so.
+Stage 1 (:mod:`service.stage1`): a scope larger than ``TRDETR_SEARCH_CANDIDATES`` is narrowed to that many
+videos by the CLIP similarity of the query's text embedding to each video's CLIP image summary, in the
+tenant's vector index, and stage 2 runs on those (``stage1: "index"``). Videos in scope without a summary
+(stored before summaries existed) can only fill candidate slots left over. When stage 1 cannot run -- the
+bundle has no text embedding, or the query is given as token features (``features_b64``, no text) -- a scope
+larger than ``TRDETR_SEARCH_EXHAUSTIVE_LIMIT`` is cut to its first videos in insertion order
+(``stage1: "exhaustive_limit"``), and the response's notes say why.
 
 The ranking (at most :data:`MAX_RANKED` moments) is kept in Redis for ``TRDETR_SEARCH_CURSOR_TTL_S``
 under the tenant's key base; a cursor names it and an offset, so later pages are consistent with the
@@ -32,7 +37,7 @@ from service.deadline import time_left
 from service.dependencies import Runtime
 from service.errors import InvalidInput, NotFound
 from service.inputs import _encode_queries, check_query_limits
-from service.schemas import CollectionSearchRequest, CollectionSearchResponse, SearchHit
+from service.schemas import CollectionSearchRequest, CollectionSearchResponse, QueryIn, SearchHit
 from trdetr_common.windows import merge_moments
 
 MAX_RANKED = 1000
@@ -130,21 +135,54 @@ async def run_stage2(runtime: Runtime, body: CollectionSearchRequest, store: Ten
     return hits[:MAX_RANKED], sum(answer is not None for answer in answers)
 
 
+async def encode_query(runtime: Runtime, query: QueryIn) -> tuple[np.ndarray, np.ndarray | None]:
+    """The query's token features (L, text_dim) and, for a text query on a bundle that has it, its CLIP
+    projected text embedding (P,) for stage 1 (None otherwise)."""
+    if query.text is None or runtime.text is None:
+        return (await _encode_queries(runtime, [query]))[0], None
+    encoded = (await runtime.text.encode_texts([query.text]))[0]
+    return encoded.tokens, encoded.embed
+
+
+async def pick_candidates(runtime: Runtime, store: TenantStore, ids: list[str],
+                          embed: np.ndarray | None) -> tuple[list[str], str, list[str]]:
+    """Stage 1 over the scope ``ids``: (candidates, how they were picked, notes)."""
+    settings = runtime.settings
+    if len(ids) > settings.search_candidates and embed is not None and runtime.stage1 is not None:
+        index = await runtime.stage1.synced(store)
+        picked = index.top(embed, ids, settings.search_candidates)
+        notes = []
+        if len(picked) < settings.search_candidates:  # videos without a summary fill the slots left, in order
+            chosen = set(picked)
+            unsummarised = [video_id for video_id in ids if video_id not in index.keys and video_id not in chosen]
+            picked += unsummarised[:settings.search_candidates - len(picked)]
+            if unsummarised:
+                notes.append(f"{len(unsummarised)} videos in scope have no stage-1 summary (stored before this "
+                             "service kept them); they were searched only to fill free candidate slots. Store them "
+                             "again to index them.")
+        return picked, "index", notes
+    if len(ids) <= settings.search_exhaustive_limit:
+        return ids, "none", []
+    why = ("the query was given as token features, which carry no CLIP text embedding; send it as text"
+           if embed is None and runtime.stage1 is not None else
+           "this bundle's text encoder has no CLIP text embedding output (re-export it with trdetr-export "
+           "--clip to get text_embeds)")
+    candidates = ids[:settings.search_exhaustive_limit]
+    return candidates, "exhaustive_limit", [
+        f"Only the first {len(candidates)} of {len(ids)} videos (in the order they were stored) were searched "
+        f"(TRDETR_SEARCH_EXHAUSTIVE_LIMIT): stage-1 candidate selection needs the query's CLIP text embedding, and "
+        f"{why}."]
+
+
 async def rank(runtime: Runtime, body: CollectionSearchRequest, store: TenantStore) -> Ranking:
-    """Stage 1 (when it applies) then stage 2 over the request's scope."""
+    """Stage 1 (when the scope is larger than ``TRDETR_SEARCH_CANDIDATES``) then stage 2 on the candidates."""
     assert runtime.bundle is not None
     query = body.query_object()
     check_query_limits(runtime, [query])
-    ids, (text,) = await asyncio.gather(scope(body, store), _encode_queries(runtime, [query]))
-    settings, notes = runtime.settings, []
-    stage1, candidates = "none", ids
-    if len(ids) > settings.search_exhaustive_limit:
-        # stage 1 (CLIP similarity in a vector index) does not exist yet: search exhaustively up to the limit
-        candidates, stage1 = ids[:settings.search_exhaustive_limit], "exhaustive_limit"
-        notes.append(f"Only the first {len(candidates)} of {len(ids)} videos (in the order they were stored) were "
-                     "searched (TRDETR_SEARCH_EXHAUSTIVE_LIMIT): this service has no stage-1 candidate index yet.")
+    ids, (text, embed) = await asyncio.gather(scope(body, store), encode_query(runtime, query))
+    candidates, stage1, notes = await pick_candidates(runtime, store, ids, embed)
     hits, found = await run_stage2(runtime, body, store, text, candidates)
-    searched = len(ids) - (len(candidates) - found)
+    searched = len(ids) - (len(candidates) - found)  # candidates found gone (expired, deleted) are not counted
     return Ranking(hits, searched, found, stage1, notes)
 
 

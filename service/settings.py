@@ -209,11 +209,18 @@ class Settings(BaseSettings):
     )
 
     # --- search across videos (POST /v1/search) ------------------------------------------------
+    search_candidates: int = Field(
+        default=200,
+        ge=1,
+        description="POST /v1/search on a larger scope first picks this many candidate videos by CLIP similarity "
+        "of the query's text embedding to each video's CLIP image summary (stage 1), then runs TR-DETR on them.",
+    )
     search_exhaustive_limit: int = Field(
         default=1000,
         ge=1,
-        description="Most videos TR-DETR searches in one POST /v1/search (there is no stage-1 candidate index yet); "
-        "a larger scope is cut to its first videos in insertion order and the response says so.",
+        description="Most videos TR-DETR searches in one POST /v1/search when stage 1 cannot run (a bundle without "
+        "a CLIP text embedding, or a query given as token features); a larger scope is cut to its first videos "
+        "in insertion order and the response says so.",
     )
     search_max_video_ids: int = Field(
         default=1000, ge=1, description="Most video_ids one POST /v1/search may name (422 beyond)."

@@ -91,6 +91,18 @@ class TextEncoderSpec(_Strict):
     output_name: str = Field(
         default="last_hidden_state", description="Bundled encoder output (batch, tokens, text_dim), float32."
     )
+    embedding_output: str | None = Field(
+        default=None,
+        description="Second encoder output (batch, P), float32: the CLIP projected text embedding at the "
+        "<|endoftext|> token, L2-normalised (get_text_features / encode_text divided by its norm); None: the "
+        "encoder has none (bundles exported before it existed, or from a directory without the projection), and "
+        "POST /v1/search has no stage-1 candidate index.",
+    )
+    embedding_group: str | None = Field(
+        default=None,
+        description="The video feature group in the same embedding space as embedding_output (the CLIP image "
+        "group, made by the same CLIP model's image tower); POST /v1/search summarises it per video for stage 1.",
+    )
     token_selection: str = Field(
         default=(
             "all tokens with attention_mask 1, i.e. <|startoftext|>, the query tokens and <|endoftext|>, "

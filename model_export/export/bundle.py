@@ -84,7 +84,14 @@ from .parity import (
     summarize,
 )
 from .slowfast_encoder import SLOWFAST_ONNX, check_slowfast, export_slowfast
-from .text_encoder import CHECK_QUERIES, TEXT_OUTPUT, check_text_encoder, encode_batch, export_text_encoder
+from .text_encoder import (
+    CHECK_QUERIES,
+    EMBED_OUTPUT,
+    TEXT_OUTPUT,
+    check_text_encoder,
+    encode_batch,
+    export_text_encoder,
+)
 from .video_encoders import attach_encoders, check_video_encoders_run
 
 FP32_FILE = "model.onnx"
@@ -330,6 +337,18 @@ def _input_spec(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None,
     )
 
 
+def _embedding_group(groups: list, embed_dim: int | None) -> str | None:
+    """The video group in the text embedding's space: the CLIP image group (bundled CLIP image encoder, or named
+    ``clip`` as in the official and Lighthouse layouts) when its width is the projection's; else None."""
+    if embed_dim is None:
+        return None
+    for group in groups:
+        kind = getattr(group.encoder, "kind", None)
+        if group.dim == embed_dim and (kind == "clip_image" or (kind is None and group.name == "clip")):
+            return group.name
+    return None
+
+
 def _preprocessing(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | None, text,
                    audio: AudioLayout | None = None) -> PreprocessingContract:
     """The manifest's preprocessing contract (see trdetr_common.manifest.PreprocessingContract)."""
@@ -344,6 +363,8 @@ def _preprocessing(config: TRDETRConfig, layout: VideoLayout, raw_opt: dict | No
         tokenizer_file=text.tokenizer_file if text else None,
         context_length=text.context_length if text else None,
         text_cleaning=OPENAI_CLIP,
+        embedding_output=EMBED_OUTPUT if text and text.embed_dim else None,
+        embedding_group=_embedding_group(layout.groups, text.embed_dim if text else None),
     )
     return PreprocessingContract(
         clip_length_s=float(config.clip_length),
@@ -472,6 +493,7 @@ def _manifest_parity(report: dict) -> dict:
         summary["text_encoder"] = {
             "passed": text["passed"], "max_abs_diff": text["max_abs_diff"],
             "tokenizer_ids_equal": text["tokenizer_ids_equal"], "queries": len(text["queries"]),
+            "text_embeds_max_abs_diff": text.get("text_embeds_max_abs_diff"),
         }
     for name, check in report.get("video_encoders", {}).items():
         summary[name] = {"passed": check["passed"], "max_abs_diff": check["max_abs_diff"], "reference": check["reference"]}
@@ -612,5 +634,11 @@ def _verify_text_encoder(bundle_dir: Path, manifest: Manifest, hf_dir: Path | No
                         f"{manifest.preprocessing.text_dim})")
     if not np.isfinite(states).all():
         failures.append("text encoder output has NaN or infinite values")
+    if spec.embedding_output is not None:
+        embeds = session.run([spec.embedding_output], batch)[0]
+        if embeds.ndim != 2 or len(embeds) != len(CHECK_QUERIES) or not np.allclose(
+                np.linalg.norm(embeds, axis=1), 1.0, atol=1e-4):
+            failures.append(f"text encoder output {spec.embedding_output} {embeds.shape} is not one L2-normalised "
+                            "row per query")
     return {"passed": not failures, "failures": failures, "torch_parity": "skipped: no --text-encoder DIR given",
             "max_abs_diff": None, "tokenizer_ids_equal": None, "queries": list(CHECK_QUERIES)}

@@ -6,11 +6,14 @@ The bundled encoder is the CLIP text transformer: ``input_ids`` / ``attention_ma
 -> ``last_hidden_state`` (B, L, text_dim). Which rows form ``src_txt`` is the manifest's
 ``text_encoder.token_selection``: the rows of the real tokens (start and end tokens included,
 padding dropped), the first ``max_text_tokens`` of them, L2-normalised per token when
-``l2_normalize_text`` says so.
+``l2_normalize_text`` says so. Bundles whose manifest names ``text_encoder.embedding_output`` also give,
+from the same run, the CLIP projected text embedding (P,) (L2-normalised): stage 1 of ``POST /v1/search``
+compares it with the videos' CLIP image summaries (:mod:`service.stage1`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,15 @@ from service.inference.session import OnnxModel
 from trdetr_common.features import build_text_features
 from trdetr_common.manifest import PreprocessingContract
 from trdetr_common.text import QueryTokenizer
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One query's encoding: ``tokens`` (L, text_dim) for ``src_txt``; ``embed`` (P,) the L2-normalised CLIP
+    projected text embedding, None when the bundle's encoder has no such output."""
+
+    tokens: np.ndarray
+    embed: np.ndarray | None = None
 
 
 class TextEncoder:
@@ -67,24 +79,35 @@ class TextEncoder:
         """
         return pad_ids(self.token_ids([self.clean(t) for t in texts]))
 
-    def encode_ids(self, encodings: list[list[int]]) -> list[np.ndarray]:
-        """One ``(L_i, text_dim)`` float32 feature array per token-id list (one ONNX Runtime run, padded)."""
-        return self._features(*pad_ids(encodings))
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the encoder also gives the CLIP projected text embedding (stage-1 search needs it)."""
+        return self._pre.text_encoder.embedding_output is not None
+
+    def encode_ids(self, encodings: list[list[int]]) -> list[EncodedText]:
+        """One encoding per token-id list (one ONNX Runtime run, padded): tokens ``(L_i, text_dim)`` float32 and
+        the ``(P,)`` embedding when the bundle has it."""
+        return self._run(*pad_ids(encodings))
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         """One ``(L_i, text_dim)`` float32 feature array per text, ready for ``src_txt``."""
-        return self._features(*self.tokenize(texts))
+        return [encoded.tokens for encoded in self._run(*self.tokenize(texts))]
 
-    def _features(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
-        pre = self._pre
-        ids_name, mask_name = pre.text_encoder.input_names
-        hidden = self.model.run({ids_name: ids, mask_name: mask})[pre.text_encoder.output_name]
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> list[EncodedText]:
+        pre, spec = self._pre, self._pre.text_encoder
+        ids_name, mask_name = spec.input_names
+        outputs = self.model.run({ids_name: ids, mask_name: mask})
+        hidden = outputs[spec.output_name]
+        embeds = outputs[spec.embedding_output].astype(np.float32) if spec.embedding_output else None
         return [
-            build_text_features(
-                hidden[row, : int(mask[row].sum())],
-                normalize=pre.l2_normalize_text,
-                max_tokens=pre.max_text_tokens,
-                eps=pre.l2_eps,
+            EncodedText(
+                build_text_features(
+                    hidden[row, : int(mask[row].sum())],
+                    normalize=pre.l2_normalize_text,
+                    max_tokens=pre.max_text_tokens,
+                    eps=pre.l2_eps,
+                ),
+                None if embeds is None else np.ascontiguousarray(embeds[row]),
             )
             for row in range(len(ids))
         ]

@@ -14,6 +14,8 @@ queries. So:
 
 The CLIP text transformer is causal, so a text's features do not depend on the padding of the batch it ran
 in (tests check the batched answers equal one-at-a-time ones). Cached arrays are read-only and shared.
+An entry holds both outputs of the encoder run (:class:`EncodedText`): the token features for the model and,
+when the bundle has it, the projected text embedding for stage-1 search (:meth:`TextQueryEncoder.encode_texts`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.inference.text_encoder import TextEncoder
+from service.inference.text_encoder import EncodedText, TextEncoder
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -39,27 +41,29 @@ Key = tuple[str, str]
 class _Pending:
     key: Key
     token_ids: list[int]
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[EncodedText]
 
 
 class EncodedQueryCache:
-    """LRU of encoded queries: ``(encoder identity, normalised text)`` -> read-only (L, text_dim) array."""
+    """LRU of encoded queries: ``(encoder identity, normalised text)`` -> read-only :class:`EncodedText`."""
 
     def __init__(self, entries: int) -> None:
         self.entries = entries
-        self._items: OrderedDict[Key, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[Key, EncodedText] = OrderedDict()
 
-    def get(self, key: Key) -> np.ndarray | None:
-        array = self._items.get(key)
-        if array is not None:
+    def get(self, key: Key) -> EncodedText | None:
+        encoded = self._items.get(key)
+        if encoded is not None:
             self._items.move_to_end(key)
-        return array
+        return encoded
 
-    def put(self, key: Key, array: np.ndarray) -> None:
+    def put(self, key: Key, encoded: EncodedText) -> None:
         if self.entries == 0:
             return
-        array.setflags(write=False)
-        self._items[key] = array
+        encoded.tokens.setflags(write=False)
+        if encoded.embed is not None:
+            encoded.embed.setflags(write=False)
+        self._items[key] = encoded
         self._items.move_to_end(key)
         while len(self._items) > self.entries:
             self._items.popitem(last=False)
@@ -77,7 +81,7 @@ class TextQueryEncoder:
         self._max_batch = max_batch
         self._metrics = metrics
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._in_flight: dict[Key, asyncio.Future[np.ndarray]] = {}
+        self._in_flight: dict[Key, asyncio.Future[EncodedText]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-encode")
         self._task: asyncio.Task[None] | None = None
 
@@ -97,14 +101,18 @@ class TextQueryEncoder:
     async def encode(self, texts: list[str], first_index: int = 0) -> list[np.ndarray]:
         """One read-only ``(L_i, text_dim)`` float32 array per text (``first_index``: the index of
         ``texts[0]`` in the request, for error messages). 422 ``query_too_long`` as the encoder says."""
+        return [encoded.tokens for encoded in await self.encode_texts(texts, first_index)]
+
+    async def encode_texts(self, texts: list[str], first_index: int = 0) -> list[EncodedText]:
+        """Like :meth:`encode`, with the projected text embedding (P,) of each text when the bundle has one."""
         identity = self.encoder.identity
-        futures: list[asyncio.Future[np.ndarray]] = []
+        futures: list[asyncio.Future[EncodedText]] = []
         loop = asyncio.get_running_loop()
         for offset, text in enumerate(texts):
             key = (identity, self.encoder.clean(text))
             if (hit := self.cache.get(key)) is not None:
                 self._metrics.text_cache.labels("hit").inc()
-                future: asyncio.Future[np.ndarray] = loop.create_future()
+                future: asyncio.Future[EncodedText] = loop.create_future()
                 future.set_result(hit)
             elif (running := self._in_flight.get(key)) is not None:
                 self._metrics.text_cache.labels("in_flight").inc()
@@ -139,7 +147,7 @@ class TextQueryEncoder:
                 self._metrics.text_batch_size.observe(len(batch))
                 self._finish(batch, arrays, None)
 
-    def _finish(self, batch: list[_Pending], arrays: list[np.ndarray] | None, exc: BaseException | None) -> None:
+    def _finish(self, batch: list[_Pending], arrays: list[EncodedText] | None, exc: BaseException | None) -> None:
         for index, item in enumerate(batch):
             self._in_flight.pop(item.key, None)
             if item.future.done():

@@ -56,3 +56,47 @@ def test_a_tokenizer_that_differs_from_transformers_fails_the_check(tiny_clip_di
     report = check_text_encoder(tiny_clip_dir, broken)
     assert not report["passed"]
     assert any("tokenizer.json ids differ" in f and "a very long query" in f for f in report["failures"])
+
+
+def test_text_embeds_is_the_normalised_clip_projection_at_the_end_token(tiny_clip_dir: Path, exported: Path):
+    """text_embeds = text_projection(state at <|endoftext|>) / norm, computed here by hand from the torch model
+    (what CLIPModel.get_text_features gives, normalised), on a right-padded batch."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import CLIPTextModelWithProjection
+
+    model = CLIPTextModelWithProjection.from_pretrained(tiny_clip_dir).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_clip_dir)
+    batch = tokenizer(["a dog runs on the beach", "x", "two people talk"], padding=True, return_tensors="np")
+    feed = {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+    session = ort.InferenceSession(str(exported / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["last_hidden_state", "text_embeds"]
+    got = session.run(["text_embeds"], feed)[0]
+    with torch.no_grad():
+        states = model.text_model(**{k: torch.from_numpy(v) for k, v in feed.items()}).last_hidden_state
+        end = feed["attention_mask"].sum(1) - 1  # <|endoftext|> is the last real token
+        pooled = states[torch.arange(len(end)), torch.from_numpy(end)]
+        ref = model.text_projection(pooled)
+        ref = (ref / ref.norm(dim=-1, keepdim=True)).numpy()
+    assert got.shape == (3, model.config.projection_dim)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    report = check_text_encoder(tiny_clip_dir, exported)
+    assert report["text_embeds_max_abs_diff"] is not None and report["text_embeds_max_abs_diff"] <= 1e-4
+
+
+def test_a_clip_directory_without_the_projection_exports_no_text_embeds(tiny_clip_dir: Path, tmp_path):
+    import onnxruntime as ort
+    from transformers import CLIPTextModel
+
+    plain = tmp_path / "plain"
+    CLIPTextModel.from_pretrained(tiny_clip_dir).save_pretrained(plain)
+    CLIPTokenizer.from_pretrained(tiny_clip_dir).save_pretrained(plain)
+    (tmp_path / "out").mkdir()
+    info = export_text_encoder(plain, tmp_path / "out", opset=18)
+    assert info.embed_dim is None
+    session = ort.InferenceSession(str(tmp_path / "out" / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["last_hidden_state"]
+    report = check_text_encoder(plain, tmp_path / "out")
+    assert report["passed"] and report["text_embeds_max_abs_diff"] is None
