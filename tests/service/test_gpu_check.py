@@ -46,6 +46,7 @@ def test_cpu_smoke_runs_every_stage_and_prints_one_table(redis_url, tmp_path):
     assert "io_binding=True" in service["readyz checks"] and "cuda_graph=False" in service["readyz checks"]
     assert service["concurrency 1"].endswith(" ms") and "req/s" in service["max throughput"]
     assert any(what.startswith("80 % of max") for what in service)
+    assert all(", 0 failed)" in row["what"] for row in by_stage["service"] if "failed" in row["what"])
 
 
 def test_gpu_mode_without_the_staged_onnxruntime_gpu_says_what_to_do(tmp_path):
