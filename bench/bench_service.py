@@ -230,6 +230,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads")
     parser.add_argument("--per-client", type=int, default=8, help="connections per client process")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="TRDETR_MAX_BATCH_WAIT_MS of the server")
+    parser.add_argument("--env", nargs="*", default=[], metavar="TRDETR_X=VALUE",
+                        help="more settings for the server, e.g. TRDETR_LOCAL_CACHE_TRUST_MS=1000")
     args = parser.parse_args()
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +246,8 @@ def main() -> None:
 
     bare = BareOrt(bundle, text, video, args.threads, args.queries)
     port, prefix = free_port(), f"trdetr-bench-{uuid.uuid4().hex[:8]}"
-    server = start_server(bundle, port, args.threads, prefix, args.batch_wait_ms)
+    server = start_server(bundle, port, args.threads, prefix, args.batch_wait_ms,
+                          dict(item.split("=", 1) for item in args.env))
     base_url = f"http://127.0.0.1:{port}"
     try:
         put = httpx.put(f"{base_url}/v1/videos/bench/features", content=npz_bytes(groups),

@@ -181,7 +181,8 @@ def install_probes(sort: str, top: int) -> None:
                 profiler.disable()
                 cpu_ns = time.thread_time_ns() - cpu_start[-1]
                 stream = io.StringIO()
-                pstats.Stats(profiler, stream=stream).sort_stats(sort).print_stats(top)
+                if top:
+                    pstats.Stats(profiler, stream=stream).sort_stats(sort).print_stats(top)
                 body = json.dumps(
                     {"requests": requests, "loop_cpu_ns": cpu_ns, "profile": stream.getvalue()}
                 ).encode()
@@ -256,6 +257,9 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "trdetr-bench")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument(
+        "--env", nargs="*", default=[], metavar="TRDETR_X=VALUE", help="more settings for the server"
+    )
     parser.add_argument("--sort", default="tottime", help="cProfile sort key of the printed profile")
     parser.add_argument("--top", type=int, default=0, help="print the event loop's cProfile, this many rows")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads")
@@ -283,6 +287,7 @@ def main() -> None:
         TRDETR_REDIS_KEY_PREFIX=f"trdetr-profile-{uuid.uuid4().hex[:8]}",
         TRDETR_LOG_LEVEL="warning",
     )
+    env.update(item.split("=", 1) for item in args.env)
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(port), "--sort", args.sort, "--top", str(args.top)],
         cwd=REPO,
