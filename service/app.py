@@ -80,6 +80,7 @@ async def _start(runtime: Runtime) -> None:
         quota=Quota(settings.quota_max_videos, settings.quota_max_bytes),
         local_bytes=int(settings.local_cache_mb * 1024 * 1024),
         bulk_timeout_s=settings.redis_bulk_timeout_s,
+        local_trust_s=settings.local_cache_trust_ms / 1000.0,
         cluster=settings.redis_cluster and settings.redis_url is not None,
         summarize=video_summarizer(bundle.pre),
     )

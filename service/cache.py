@@ -19,10 +19,15 @@ readers see the old or the new video, never a mix. Keys written before tenancy e
 (``{prefix}:video:<layout>:<id>``) are not migrated: they are never read and expire with their TTL.
 
 Hot videos' model-ready inputs are also kept in process (:class:`LocalInputs`, an LRU). Redis stays
-the source of truth: every read still asks Redis for the small ``meta`` (one HGET) and uses the local
-copy only when its ``version`` matches, so a replace or delete by any replica is seen at once, and a
-Redis outage is still a 503 (a video deleted elsewhere is never served from memory). Videos stored
+the source of truth: by default every read still asks Redis for the small ``meta`` (one HGET) and uses
+the local copy only when its ``version`` matches, so a replace or delete by any replica is seen at once, and
+a Redis outage is still a 503 (a video deleted elsewhere is never served from memory). Videos stored
 before versions existed have none and are always read from Redis until they are stored again.
+
+``TRDETR_LOCAL_CACHE_TRUST_MS`` > 0 trades that for one round trip less per hot read: a copy whose version
+was checked less than that long ago is used without asking again. The staleness is bounded by it and only
+concerns replaces and deletes made through *other* replicas (or a Redis outage); this replica's own
+``put`` and ``delete`` drop its copy first.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def layout_version(pre: PreprocessingContract) -> str:
 
 
 class LocalInputs:
-    """Bounded LRU of model-ready video inputs, ``video_id -> (version, array)``.
+    """Bounded LRU of model-ready video inputs, ``video_id -> (version, array, last version check)``.
 
     Two bounds, both enforced: at most ``capacity`` videos and at most ``max_bytes`` of arrays (a 3-hour
     video's float32 input is ~61 MB, a 150-s one 0.85 MB, so a count alone bounds nothing). An array larger
@@ -83,7 +88,8 @@ class LocalInputs:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self._entries: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[str, np.ndarray, float]] = OrderedDict()
+        self.epoch = 0  # +1 at every forget: a version read from Redis before a forget is not a fresh check
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -91,28 +97,53 @@ class LocalInputs:
     def __contains__(self, video_id: str) -> bool:
         return video_id in self._entries
 
-    def lookup(self, video_id: str, version: str | None) -> np.ndarray | None:
-        """The cached input when it holds exactly ``version`` (None never matches)."""
+    def check_started(self) -> tuple[float, int]:
+        """Call before asking Redis for a version: what :meth:`checked_at` needs afterwards."""
+        return time.monotonic(), self.epoch
+
+    def checked_at(self, started: tuple[float, int]) -> float:
+        """When the version check that began at ``started`` counts as made: its start, or never (-inf) when
+        a local put or delete forgot a copy meanwhile (its answer may predate that write)."""
+        return started[0] if started[1] == self.epoch else float("-inf")
+
+    def lookup(self, video_id: str, version: str | None, checked_at: float = float("-inf")) -> np.ndarray | None:
+        """The cached input when it holds exactly ``version`` (None never matches); records the check time."""
         entry = self._entries.get(video_id)
         if version is None or entry is None or entry[0] != version:
+            return None
+        self._entries[video_id] = (version, entry[1], checked_at)
+        self._entries.move_to_end(video_id)
+        return entry[1]
+
+    def trusted(self, video_id: str, within_s: float) -> np.ndarray | None:
+        """The cached input when its version was checked in Redis less than ``within_s`` seconds ago (counted
+        from when the check was sent)."""
+        entry = self._entries.get(video_id)
+        if entry is None or time.monotonic() - entry[2] >= within_s:
             return None
         self._entries.move_to_end(video_id)
         return entry[1]
 
-    def remember(self, video_id: str, version: str | None, array: np.ndarray) -> None:
+    def remember(self, video_id: str, version: str | None, array: np.ndarray,
+                 checked_at: float = float("-inf")) -> None:
         """Keep ``array`` as ``version`` of ``video_id``, evicting the least recently used beyond the bounds."""
         array.flags.writeable = False
         too_big = self.max_bytes is not None and array.nbytes > self.max_bytes
         if self.capacity == 0 or version is None or too_big:
             self.forget(video_id)
             return
-        self.forget(video_id)
-        self._entries[video_id] = (version, array)
+        self._drop(video_id)
+        self._entries[video_id] = (version, array, checked_at)
         self.nbytes += array.nbytes
         while len(self._entries) > self.capacity or (self.max_bytes is not None and self.nbytes > self.max_bytes):
             self.nbytes -= self._entries.popitem(last=False)[1][1].nbytes
 
     def forget(self, video_id: str) -> None:
+        """Drop the copy of ``video_id`` (a local write or a miss): version checks in flight stop counting."""
+        self.epoch += 1
+        self._drop(video_id)
+
+    def _drop(self, video_id: str) -> None:
         entry = self._entries.pop(video_id, None)
         if entry is not None:
             self.nbytes -= entry[1].nbytes
@@ -128,13 +159,16 @@ class FeatureStore:
         self, client: aioredis.Redis, *, prefix: str, layout: str, ttl_s: int, metrics: Metrics,
         model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
         quota: Quota | None = None, bulk_client: aioredis.Redis | None = None, summarize: Summarize | None = None,
+        local_trust_s: float = 0.0,
     ) -> None:
         """``model_input`` turns stored features (T, D) into the model's video input (the bundle's
         ``video_input``); ``local_videos`` and ``local_bytes`` bound the in-process LRU of those inputs
         (0 videos disables it); ``quota`` limits what each tenant may store. ``bulk_client`` (default:
         ``client``) moves the features themselves: a 3-hour video is 30 MB, which must not be held to the
         short timeout of the small calls. ``summarize`` turns stored features (T, D) into the video's stage-1
-        summary bytes (:func:`service.stage1.video_summarizer`), kept next to them; None: no summaries."""
+        summary bytes (:func:`service.stage1.video_summarizer`), kept next to them; None: no summaries.
+        ``local_trust_s``: how long a local copy is used without checking its version again (0: every read
+        checks)."""
         self.client = client
         self.summarize = summarize
         self.bulk = bulk_client or client
@@ -143,6 +177,7 @@ class FeatureStore:
         self.ttl_s = ttl_s
         self.quota = quota or Quota()
         self.local = LocalInputs(local_videos, local_bytes)
+        self.local_trust_s = local_trust_s
         self.model_input = model_input
         self.metrics = metrics
         self.put_script = self.bulk.register_script(PUT_SCRIPT)
@@ -156,7 +191,7 @@ class FeatureStore:
         cls, url: str, *, timeout_s: float, max_connections: int, pool_timeout_s: float, prefix: str, layout: str,
         ttl_s: int, metrics: Metrics, model_input: ModelInput, local_videos: int = 0, local_bytes: int | None = None,
         quota: Quota | None = None, bulk_timeout_s: float | None = None, cluster: bool = False,
-        summarize: Summarize | None = None,
+        summarize: Summarize | None = None, local_trust_s: float = 0.0,
     ) -> FeatureStore:
         """Pooled clients that fail fast (one immediate retry, for connections gone stale after a restart).
 
@@ -188,7 +223,7 @@ class FeatureStore:
         bulk = client(bulk_timeout_s) if bulk_timeout_s and bulk_timeout_s != timeout_s else None
         return cls(client(timeout_s), prefix=prefix, layout=layout, ttl_s=ttl_s, metrics=metrics,
                    model_input=model_input, local_videos=local_videos, local_bytes=local_bytes, quota=quota,
-                   bulk_client=bulk, summarize=summarize)
+                   bulk_client=bulk, summarize=summarize, local_trust_s=local_trust_s)
 
     def tenant(self, tenant_id: str) -> TenantStore:
         """The videos of one tenant (see :mod:`service.tenancy`): it sees no other tenant's."""
@@ -293,21 +328,27 @@ class TenantStore:
         """The model's video input (T, D + TEF) float32, read-only; 404 when absent or expired.
 
         With the local LRU on, Redis is asked for the small meta first and the features only when the
-        local copy is missing or of another version; without it, features and meta come in one call.
+        local copy is missing or of another version; without it, features and meta come in one call. A copy
+        checked less than ``local_trust_s`` ago is used without asking Redis (``local_trusted``).
         """
         store, key, local_key = self.store, self.keys.video(video_id), self._local_key(video_id)
+        if store.local_trust_s and (cached := store.local.trusted(local_key, store.local_trust_s)) is not None:
+            store.metrics.cache.labels("get", "local_trusted").inc()
+            return cached
+        started = store.local.check_started()
         if store.local.capacity:
             raw_meta = await store.redis("get", store.client.hget(key, "meta"))
             version = self._known(video_id, raw_meta).get("version")
-            if (cached := store.local.lookup(local_key, version)) is not None:
+            if (cached := store.local.lookup(local_key, version, store.local.checked_at(started))) is not None:
                 store.metrics.cache.labels("get", "local_hit").inc()
                 return cached
+            started = store.local.check_started()
         blob, raw_meta = await store.redis("get", store.bulk.hmget(key, ["feat", "meta"]))
         meta = self._known(video_id, raw_meta if blob is not None else None)
         store.metrics.cache.labels("get", "hit").inc()
         stored = np.frombuffer(blob, dtype=STORAGE_DTYPE).reshape(meta["num_clips"], meta["dim"])
         array = store.model_input(stored)
-        store.local.remember(local_key, meta.get("version"), array)
+        store.local.remember(local_key, meta.get("version"), array, store.local.checked_at(started))
         return array
 
     def _known(self, video_id: str, raw_meta: bytes | None) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class Metrics:
         )
         self.overhead = Histogram(
             "trdetr_http_overhead_seconds", "In-app time of a request that ran the model, minus its model runs "
-            "(parsing, Redis, queueing, post-processing, JSON), until the response starts.",
+            "and the wait for its body (parsing, Redis, queueing, post-processing, JSON), until the response starts.",
             buckets=_OVERHEAD_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(

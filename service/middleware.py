@@ -111,11 +111,11 @@ class MetricsMiddleware:
                 status = message["status"]
                 if timing.model_runs:
                     message["headers"] = [*message.get("headers", []), (b"server-timing", timing.server_timing())]
-                    self.metrics.overhead.observe(timing.elapsed_s() - timing.model_s)
+                    self.metrics.overhead.observe(timing.overhead_s())
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, timing.receive(receive), send_with_status)
         finally:
             route = scope.get("route")
             self._observe(getattr(route, "path", None) or "<unmatched>", scope["method"], status, timing.elapsed_s())

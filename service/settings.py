@@ -170,6 +170,15 @@ class Settings(BaseSettings):
         description="Memory bound of that in-process LRU in MB (both bounds apply; a video larger than it is "
         "never kept locally).",
     )
+    local_cache_trust_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=60_000,
+        description="Milliseconds a local copy is used without asking Redis for its version again after a check "
+        "(0: every read checks, so a replace or delete through another replica is seen at once). Above 0, a "
+        "video replaced or deleted through ANOTHER replica may be answered from the old features for up to "
+        "this long (also while Redis is down); replaces through this replica are always seen at once.",
+    )
 
     # --- limits and auth ---------------------------------------------------------------------
     max_body_bytes: int = Field(

@@ -6,7 +6,9 @@ replace or delete made through any replica is seen by all of them on their next 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
 import httpx
 import pytest
@@ -120,3 +122,29 @@ async def test_zero_local_cache_videos_disables_the_local_cache(make_settings, p
         assert len(local(client)) == 0
         assert await cache_count(client, "local_hit") == 0
         assert await cache_count(client, "hit") == 2
+
+
+async def test_a_trusted_local_copy_is_stale_for_at_most_the_trust_bound(make_settings, pre):
+    """TRDETR_LOCAL_CACHE_TRUST_MS: a replace through another replica is seen once the bound has passed (not
+    before, by design); a replace through the same replica is seen at once."""
+    trust_s = 3.0
+    async with serve(make_settings(local_cache_trust_ms=trust_s * 1000)) as a, serve(make_settings()) as b:
+        await store(a, pre, "trusted", seed=40)
+        old = await highlights(a, pre, "trusted")  # checks the version in Redis, keeps the copy
+        checked = time.monotonic()
+
+        await store(b, pre, "trusted", seed=41)
+        new = await highlights(b, pre, "trusted")
+        assert new != old
+        stale = await highlights(a, pre, "trusted")
+        if time.monotonic() - checked < trust_s:  # a slow machine may already be past the bound
+            assert stale == old, "within the bound the copy is used without asking Redis"
+            assert await cache_count(a, "local_trusted") == 1
+        await asyncio.sleep(max(0.0, trust_s - (time.monotonic() - checked)) + 0.2)
+        assert await highlights(a, pre, "trusted") == new, "past the bound the version is checked again"
+
+        await store(a, pre, "trusted", seed=42)  # through A itself: its copy goes at once
+        assert await highlights(a, pre, "trusted") == await highlights(b, pre, "trusted") != new
+
+        assert (await a.delete("/v1/videos/trusted")).status_code == 200
+        assert (await a.post("/v1/moments", json=search(pre, "trusted"))).status_code == 404
