@@ -8,12 +8,12 @@ checkpoint), ``trdetr-predict`` predicts held-out videos from the saved checkpoi
 Measured with exactly this module's run (128 train / 50 held-out queries of 12-16 clips, seeds 1 and 2
 for the data, 0 for training, 10 epochs of batch 8, one torch thread), on the shared 2 cores at load ~11:
 R1@0.5 = 70.0 after training (50-63 s of training, 79-86 s in all over three runs), 14.0 for the same
-model before training
-(chance: its top moment overlaps the planted one by luck). The floor, 40, sits well below the first and
+model before training (chance: its top moment overlaps the planted one by luck). The floor, 40, sits well below the first and
 far above the second. The run is short and not converged: other seeds of data and model gave 30.0
 (untrained 10.0), so a change that moves the training trajectory (losses, init, data generator) may move
 this number by tens of points; re-measure then rather than lowering the floor blindly. More threads do
-not help on loaded cores: the same run with 2 threads and wider sizes took 550 s.
+not help on loaded cores: a wider run (96 queries of up to 24 clips, 5 moment queries, batch 16, 8
+epochs) with 2 threads trained for 550 s.
 """
 
 from __future__ import annotations
