@@ -8,7 +8,8 @@ change parity.json's statistics, never a graph); the two run side by side. One s
 (`/usr/bin/time python -m model_export.demo_bundle --out /tmp/b --random-cases 2`: 49.1 s user, 157 s wall
 on the shared 2 cores at load ~10); the full command (50 random cases) 83 s of CPU, 276 s wall. This
 module took 316 s at load ~12 (the pair side by side; 300 s one after the other at load ~9): on loaded
-cores it is the slowest test here, on two idle cores the pair needs about one build's 50 s.
+cores it is the slowest test here; each build is 49 s of CPU, so two idle cores should need about that
+long for the pair (not measured: no idle machine here).
 """
 
 from __future__ import annotations
