@@ -74,10 +74,11 @@ def test_the_default_bundle_has_the_text_embedding_and_names_the_clip_group(pre)
     assert (spec.embedding_output, spec.embedding_group) == ("text_embeds", "clip")
 
 
-def test_the_summary_is_the_max_over_clips_l2_normalised():
+def test_the_summary_is_the_mean_over_clips_l2_normalised():
     rows = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.0], [-1.0, 0.0, 0.0]], np.float32)
-    np.testing.assert_allclose(video_summary(rows), np.array([1.0, 0.5, 0.0]) / np.hypot(1.0, 0.5), rtol=1e-6)
-    np.testing.assert_allclose(video_summary(rows, "mean"), [0.0, 1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(video_summary(rows), [0.0, 1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(video_summary(rows, "max"), np.array([1.0, 0.5, 0.0]) / np.hypot(1.0, 0.5),
+                               rtol=1e-6)
 
 
 def test_exact_and_hnsw_search_agree_and_respect_the_scope():
