@@ -77,7 +77,9 @@ def build_bundle(work_dir: Path) -> Path:
     config = TRDETRConfig(**RELEASED)
     checkpoint = save_checkpoint(work_dir / "released_size_random.ckpt", build_model(config).eval(), config)
     text_dir = write_tiny_clip_text_dir(work_dir / "tiny_clip_text")
-    export_bundle(checkpoint, bundle, run_parity=False, text_encoder_dir=text_dir, video_groups=DEMO_VIDEO_GROUPS)
+    export_bundle(
+        checkpoint, bundle, run_parity=False, text_encoder_dir=text_dir, video_groups=DEMO_VIDEO_GROUPS
+    )
     return bundle
 
 
@@ -87,7 +89,9 @@ class Collection:
     def __init__(self, videos: int, clips: int, clusters: int, match_clips: int, noise: float, seed: int = 0):
         self.rng = np.random.default_rng(seed)
         self.centroids = unit(self.rng.standard_normal((clusters, CLIP_DIM)))
-        self.scenery = unit(self.rng.standard_normal((clusters, CLIP_DIM)))  # what the rest of the videos shows
+        self.scenery = unit(
+            self.rng.standard_normal((clusters, CLIP_DIM))
+        )  # what the rest of the videos shows
         self.topic = self.rng.integers(0, clusters, videos)
         self.clips, self.match_clips, self.noise = clips, match_clips, noise
 
@@ -121,15 +125,25 @@ async def fill(app, data: Collection, collection: str) -> None:
         slowfast = unit(rng.standard_normal((data.clips, other))).astype(np.float32)
         features = np.concatenate([slowfast, data.clip_rows(i)], axis=1)
         async with limit:
-            await store.put(f"v{i:06d}", features, {"num_clips": data.clips, "dim": features.shape[1]}, [collection])
+            await store.put(
+                f"v{i:06d}", features, {"num_clips": data.clips, "dim": features.shape[1]}, [collection]
+            )
 
     await asyncio.gather(*(one(i) for i in range(len(data.topic))))
 
 
 def settings_for(args: argparse.Namespace, bundle: Path, prefix: str) -> Settings:
-    return Settings(bundle_dir=bundle, redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-                    redis_key_prefix=prefix, device="cpu", intra_op_threads=args.threads, warmup_runs=2,
-                    request_timeout_s=args.timeout_s, search_candidates=args.candidates, local_cache_videos=0)
+    return Settings(
+        bundle_dir=bundle,
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        redis_key_prefix=prefix,
+        device="cpu",
+        intra_op_threads=args.threads,
+        warmup_runs=2,
+        request_timeout_s=args.timeout_s,
+        search_candidates=args.candidates,
+        local_cache_videos=0,
+    )
 
 
 def drop(settings: Settings) -> None:
@@ -143,8 +157,12 @@ async def recall(args: argparse.Namespace, bundle: Path) -> None:
     settings = settings_for(args, bundle, f"trdetr-bench-search-{uuid.uuid4().hex[:8]}")
     app = create_app(settings)
     vs_trdetr: list[float] = []
-    vs_topic: dict[str, list[float]] = {"mean": [], "max": [], "segments of 8 clips, max-sim": [],
-                                        "every clip, max-sim": []}
+    vs_topic: dict[str, list[float]] = {
+        "mean": [],
+        "max": [],
+        "segments of 8 clips, max-sim": [],
+        "every clip, max-sim": [],
+    }
     try:
         async with app.router.lifespan_context(app):
             runtime = app.state.runtime
@@ -153,41 +171,58 @@ async def recall(args: argparse.Namespace, bundle: Path) -> None:
             ids = [f"v{i:06d}" for i in range(len(data.topic))]
             rows = [data.clip_rows(i) for i in range(len(ids))]
             summaries = {how: np.stack([video_summary(r, how) for r in rows]) for how in ("mean", "max")}
-            segments = [unit(np.stack([r[j:j + 8].mean(0) for j in range(0, len(r), 8)])) for r in rows]
+            segments = [unit(np.stack([r[j : j + 8].mean(0) for j in range(0, len(r), 8)])) for r in rows]
             for q in range(args.recall_queries):
                 topic = int(data.topic[q * 7 % len(ids)])
                 embed = data.query(topic, seed=q)
                 relevant = {ids[i] for i in np.flatnonzero(data.topic == topic)}
                 candidates, stage1, _ = await pick_candidates(runtime, store, ids, embed)
                 assert stage1 == "index", stage1
-                scores = {**{how: matrix @ embed for how, matrix in summaries.items()},
-                          "segments of 8 clips, max-sim": np.array([(s @ embed).max() for s in segments]),
-                          "every clip, max-sim": np.array([(r @ embed).max() for r in rows])}
+                scores = {
+                    **{how: matrix @ embed for how, matrix in summaries.items()},
+                    "segments of 8 clips, max-sim": np.array([(s @ embed).max() for s in segments]),
+                    "every clip, max-sim": np.array([(r @ embed).max() for r in rows]),
+                }
                 for how, score in scores.items():
                     top = {ids[i] for i in np.argsort(-score)[: args.candidates]}
                     vs_topic[how].append(len(top & relevant) / min(len(relevant), args.candidates))
                 service = {ids[i] for i in np.argsort(-scores["mean"])[: args.candidates]}
-                print(f"query {q}: service candidates = exact top by the mean summary in "
-                      f"{len(set(candidates) & service)} of {len(candidates)}", file=sys.stderr)
+                print(
+                    f"query {q}: service candidates = exact top by the mean summary in "
+                    f"{len(set(candidates) & service)} of {len(candidates)}",
+                    file=sys.stderr,
+                )
                 if args.exhaustive:
-                    body = CollectionSearchRequest(query={"text": f"query {q}"}, video_ids=ids[:1], per_video_k=1)
+                    body = CollectionSearchRequest(
+                        query={"text": f"query {q}"}, video_ids=ids[:1], per_video_k=1
+                    )
                     tokens = (await runtime.text.encode_texts([f"query {q}"]))[0].tokens
                     started = time.perf_counter()
                     hits, _ = await run_stage2(runtime, body, store, tokens, ids)
                     top = list(dict.fromkeys(h[0] for h in hits))[: args.top_videos]
                     vs_trdetr.append(len(set(top) & set(candidates)) / len(top))
-                    print(f"query {q}: exhaustive stage 2 over {len(ids)} videos took "
-                          f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+                    print(
+                        f"query {q}: exhaustive stage 2 over {len(ids)} videos took "
+                        f"{time.perf_counter() - started:.1f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         drop(settings)
-    print(f"videos {len(ids)}, clips {args.clips}, topics {args.clusters}, matching clips {args.match_clips}, "
-          f"noise {args.noise}, candidates {args.candidates}, queries {args.recall_queries}")
+    print(
+        f"videos {len(ids)}, clips {args.clips}, topics {args.clusters}, matching clips {args.match_clips}, "
+        f"noise {args.noise}, candidates {args.candidates}, queries {args.recall_queries}"
+    )
     for how, values in vs_topic.items():
-        print(f"recall@candidates of the query topic's videos, summary {how}: {np.mean(values):.3f} "
-              f"(min {np.min(values):.3f})")
+        print(
+            f"recall@candidates of the query topic's videos, summary {how}: {np.mean(values):.3f} "
+            f"(min {np.min(values):.3f})"
+        )
     if vs_trdetr:
-        print(f"recall@candidates of exhaustive TR-DETR's top {args.top_videos} videos (random-weight model): "
-              f"{np.mean(vs_trdetr):.3f}; chance level {args.candidates / len(ids):.3f}")
+        print(
+            f"recall@candidates of exhaustive TR-DETR's top {args.top_videos} videos (random-weight model): "
+            f"{np.mean(vs_trdetr):.3f}; chance level {args.candidates / len(ids):.3f}"
+        )
 
 
 async def latency_size(args: argparse.Namespace, bundle: Path, videos: int) -> str:
@@ -209,7 +244,12 @@ async def latency_size(args: argparse.Namespace, bundle: Path, videos: int) -> s
             latencies, stage1_s, load_s, stage2_s, answer = [], [], [], [], {}
             async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=600) as client:
                 for i in range(args.requests):
-                    body = {"query": f"query number {i}", "collection": "bench", "top_k": 10, "per_video_k": 3}
+                    body = {
+                        "query": f"query number {i}",
+                        "collection": "bench",
+                        "top_k": 10,
+                        "per_video_k": 3,
+                    }
                     started = time.perf_counter()
                     response = await client.post("/v1/search", json=body)
                     latencies.append(time.perf_counter() - started)
@@ -223,22 +263,28 @@ async def latency_size(args: argparse.Namespace, bundle: Path, videos: int) -> s
                     started = time.perf_counter()
                     await asyncio.gather(*(store.video_input(v) for v in candidates))
                     load_s.append(time.perf_counter() - started)
-                    request = CollectionSearchRequest(query={"text": body["query"]}, video_ids=ids[:1], per_video_k=3)
+                    request = CollectionSearchRequest(
+                        query={"text": body["query"]}, video_ids=ids[:1], per_video_k=3
+                    )
                     started = time.perf_counter()
                     await run_stage2(runtime, request, store, embed.tokens, candidates)
                     stage2_s.append(time.perf_counter() - started)
     finally:
         drop(settings)
     ms = lambda values, q: float(np.percentile(np.asarray(values) * 1000, q))  # noqa: E731
-    return (f"| {videos} | {args.clips} | {answer['candidate_videos']} | {answer['stage1']} | {ms(latencies, 50):.0f} | "
-            f"{ms(latencies, 99):.0f} | {ms(stage1_s, 50):.1f} | {ms(load_s, 50):.0f} | {ms(stage2_s, 50):.0f} | "
-            f"{build_s:.2f} | {fill_s:.0f} |")
+    return (
+        f"| {videos} | {args.clips} | {answer['candidate_videos']} | {answer['stage1']} | {ms(latencies, 50):.0f} | "
+        f"{ms(latencies, 99):.0f} | {ms(stage1_s, 50):.1f} | {ms(load_s, 50):.0f} | {ms(stage2_s, 50):.0f} | "
+        f"{build_s:.2f} | {fill_s:.0f} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["recall", "latency"])
-    parser.add_argument("--bundle", type=Path, help="use this bundle (it needs text_embeds) instead of the built one")
+    parser.add_argument(
+        "--bundle", type=Path, help="use this bundle (it needs text_embeds) instead of the built one"
+    )
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "trdetr-bench")
     parser.add_argument("--videos", type=int, nargs="+", default=[1000])
     parser.add_argument("--clips", type=int, default=16, help="clips per stored video")
@@ -248,7 +294,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=200, help="TRDETR_SEARCH_CANDIDATES")
     parser.add_argument("--requests", type=int, default=5, help="latency: searches per collection size")
     parser.add_argument("--recall-queries", type=int, default=20)
-    parser.add_argument("--exhaustive", action="store_true", help="recall: also run exhaustive TR-DETR (slow)")
+    parser.add_argument(
+        "--exhaustive", action="store_true", help="recall: also run exhaustive TR-DETR (slow)"
+    )
     parser.add_argument("--top-videos", type=int, default=10, help="recall: exhaustive top videos compared")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads")
     parser.add_argument("--timeout-s", type=float, default=600.0, help="TRDETR_REQUEST_TIMEOUT_S for the run")
@@ -258,8 +306,10 @@ def main() -> None:
     if args.mode == "recall":
         asyncio.run(recall(args, bundle))
         return
-    print("| videos | clips each | TR-DETR ran on | stage1 | p50 ms | p99 ms | stage 1 p50 ms | candidates' load "
-          "p50 ms | stage 2 p50 ms | index build s | fill s |")
+    print(
+        "| videos | clips each | TR-DETR ran on | stage1 | p50 ms | p99 ms | stage 1 p50 ms | candidates' load "
+        "p50 ms | stage 2 p50 ms | index build s | fill s |"
+    )
     print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for videos in args.videos:
         print(asyncio.run(latency_size(args, bundle, videos)), flush=True)

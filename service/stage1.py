@@ -94,8 +94,11 @@ def video_summarizer(pre: PreprocessingContract) -> Callable[[np.ndarray], bytes
 def embedding_dim(pre: PreprocessingContract) -> int | None:
     """Width of the summaries and text embeddings (the embedding group's), None when stage 1 is off."""
     name = pre.text_encoder.embedding_group
-    return next((g.dim for g in pre.video_groups if g.name == name), None) if pre.text_encoder.embedding_output \
+    return (
+        next((g.dim for g in pre.video_groups if g.name == name), None)
+        if pre.text_encoder.embedding_output
         else None
+    )
 
 
 @dataclass
@@ -194,8 +197,11 @@ class TenantIndex:
         while True:
             self.graph.expansion_search = max(ask, 64)
             matches = self.graph.search(query.astype(np.float32), ask)
-            hits = [owner for row in matches.keys.tolist()
-                    if (owner := self.owners[row]) is not None and owner in scope]
+            hits = [
+                owner
+                for row in matches.keys.tolist()
+                if (owner := self.owners[row]) is not None and owner in scope
+            ]
             if len(hits) >= count:
                 return hits[:count]
             if ask >= total:
@@ -256,14 +262,18 @@ class Stage1Indexes:
         """Re-read the summaries of ``video_ids``: present ones are (re)added, missing ones removed."""
         store = tenant.store
         for start in range(0, len(video_ids), LOG_BATCH):
-            chunk = video_ids[start:start + LOG_BATCH]
+            chunk = video_ids[start : start + LOG_BATCH]
             async with store.client.pipeline(transaction=False) as pipe:
                 for video_id in chunk:
                     pipe.hget(tenant.keys.video(video_id), SUMMARY_FIELD)
                 blobs = await store.redis("stage1", pipe.execute())
-            found = [(v, b) for v, b in zip(chunk, blobs, strict=True) if b is not None and len(b) == 2 * self.dim]
+            found = [
+                (v, b) for v, b in zip(chunk, blobs, strict=True) if b is not None and len(b) == 2 * self.dim
+            ]
             present = {v for v, _ in found}
             index.remove([v for v in chunk if v not in present])
             if found:
-                vectors = np.frombuffer(b"".join(b for _, b in found), SUMMARY_DTYPE).reshape(len(found), self.dim)
+                vectors = np.frombuffer(b"".join(b for _, b in found), SUMMARY_DTYPE).reshape(
+                    len(found), self.dim
+                )
                 index.upsert([v for v, _ in found], vectors)
