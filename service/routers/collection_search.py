@@ -21,8 +21,11 @@ async def search_videos(body: CollectionSearchRequest, runtime: ReadyRuntimeDep,
     """Moments `{video_id, start, end, score}` of one query over a collection's videos (or `video_ids`), best
     first across videos, at most `per_video_k` of one video. A video's moments and scores are what
     `POST /v1/moments` answers for it. `next_cursor` pages through the same ranking (send the same request
-    with it). A scope over `TRDETR_SEARCH_EXHAUSTIVE_LIMIT` videos is cut to its first ones and the answer says
-    so (`stage1`, `notes`, `candidate_videos`). Deleted or expired videos drop out.
+    with it). A scope over `TRDETR_SEARCH_CANDIDATES` videos is first narrowed to that many candidates by CLIP
+    similarity of the text query to each video's CLIP image summary (`stage1: index`); when that cannot run (a
+    bundle without a CLIP text embedding, or a `features_b64` query) a scope over
+    `TRDETR_SEARCH_EXHAUSTIVE_LIMIT` videos is cut to its first ones and the answer says so (`stage1`, `notes`,
+    `candidate_videos`). Deleted or expired videos drop out.
     """
     answer = await search(runtime, body, store)
     return Response(answer.model_dump_json(), media_type="application/json")

@@ -99,6 +99,16 @@ async def test_a_video_upload_becomes_searchable_features_equal_to_the_extractor
                     "--device", "cpu", "--threads", "1", "--quiet"], check=True, capture_output=True, timeout=120)
     parsed = parse_video((out / "clip.npz").read_bytes(), "npz", pre, max_clips=MAX_CLIPS, max_unpacked_bytes=1 << 26)
     assert stored_features(client, "uploaded") == parsed.features.astype("<f2").tobytes()
+    # the worker's put stores the stage-1 summary too (mean of the CLIP group over clips, L2-normalised)
+    runtime = client.app.state.runtime
+    import redis
+
+    from service.stage1 import SUMMARY_DTYPE, video_summary
+
+    summary = redis.Redis.from_url(runtime.settings.redis_url).hget(
+        runtime.store.tenant("shared").keys.video("uploaded"), "s1")
+    clip = parsed.features[:, -pre.video_groups[-1].dim:]
+    np.testing.assert_allclose(np.frombuffer(summary, SUMMARY_DTYPE), video_summary(clip), atol=2e-3)
     moments = await client.post("/v1/moments", json={"video_id": "uploaded", "queries": ["a red square"], "top_k": 2})
     assert moments.status_code == 200, moments.text
     assert moments.json()["num_clips"] == parsed.num_clips

@@ -74,3 +74,34 @@ async def test_cache_collections_listing_and_search_on_a_cluster(make_settings, 
         assert (await client.delete("/v1/collections/few", headers=A)).status_code == 200
         # B's data is its own on the cluster too
         assert [c["videos"] for c in (await client.get("/v1/collections", headers=B)).json()["collections"]] == [6]
+
+
+async def test_stage1_candidates_on_a_cluster_with_two_tenants(make_settings, cluster):
+    """Stage 1 (summaries, change log, per-tenant index) on the cluster: two replicas, two tenants."""
+    from svc_helpers import DEFAULT_BUNDLE
+
+    default = manifest_of(DEFAULT_BUNDLE).preprocessing
+    settings = make_settings(redis_url=cluster.url, redis_cluster=True, api_keys=[KEY_A, KEY_B], redis_timeout_s=2.0,
+                             bundle_dir=DEFAULT_BUNDLE, search_candidates=2, redis_key_prefix="stage1-cluster")
+    text = "a cat sleeps on a sofa"
+    async with serve(settings) as one, serve(settings) as two:
+        match = (await one.app.state.runtime.text.encode_texts([text]))[0].embed
+        for i in range(5):
+            for headers in (A, B):
+                groups = random_groups(default, 5, seed=i)
+                if i == 3 and headers is A:
+                    groups["clip"][:2] = match
+                stored = await one.put(f"/v1/videos/v{i}/features?collection=all", content=npz_bytes(**groups),
+                                       headers={**NPZ, **headers})
+                assert stored.status_code == 200, stored.text
+        body = {"query": text, "collection": "all", "top_k": 50, "per_video_k": 1}
+        answer = (await two.post("/v1/search", json=body, headers=A)).json()
+        assert answer["stage1"] == "index" and answer["candidate_videos"] == 2
+        assert "v3" in {hit["video_id"] for hit in answer["results"]}
+        assert (await one.delete("/v1/videos/v3", headers=A)).status_code == 200
+        again = (await two.post("/v1/search", json=body, headers=A)).json()
+        assert "v3" not in {hit["video_id"] for hit in again["results"]} and again["searched_videos"] == 4
+        other = (await two.post("/v1/search", json=body, headers=B)).json()
+        assert other["stage1"] == "index" and other["searched_videos"] == 5
+        indexes = two.app.state.runtime.stage1._tenants
+        assert len(indexes) == 2 and sorted(len(index) for index in indexes.values()) == [4, 5]

@@ -31,8 +31,12 @@ def settings_for(make_settings, key_prefix):
     prefix = f"{key_prefix}:stage1{time.monotonic_ns()}"
 
     def make(**overrides):
-        values = {"bundle_dir": DEFAULT_BUNDLE, "redis_key_prefix": prefix, "search_candidates": 2,
-                  "local_cache_videos": 0}
+        values = {
+            "bundle_dir": DEFAULT_BUNDLE,
+            "redis_key_prefix": prefix,
+            "search_candidates": 2,
+            "local_cache_videos": 0,
+        }
         return make_settings(**{**values, **overrides})
 
     return make
@@ -53,14 +57,20 @@ def video(pre, clips: int, seed: int, match: np.ndarray | None = None, matching_
 
 
 async def put(app, pre, video_id: str, seed: int, match=None, headers=None, collection: str = "all") -> None:
-    response = await app.put(f"/v1/videos/{video_id}/features?collection={collection}",
-                             content=video(pre, 6, seed, match), headers={**NPZ, **(headers or {})})
+    response = await app.put(
+        f"/v1/videos/{video_id}/features?collection={collection}",
+        content=video(pre, 6, seed, match),
+        headers={**NPZ, **(headers or {})},
+    )
     assert response.status_code == 200, response.text
 
 
 async def search(app, headers=None, **body) -> dict:
-    response = await app.post("/v1/search", json={"query": QUERY, "collection": "all", "top_k": 100,
-                                                  "per_video_k": 1, **body}, headers=headers or {})
+    response = await app.post(
+        "/v1/search",
+        json={"query": QUERY, "collection": "all", "top_k": 100, "per_video_k": 1, **body},
+        headers=headers or {},
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -74,10 +84,12 @@ def test_the_default_bundle_has_the_text_embedding_and_names_the_clip_group(pre)
     assert (spec.embedding_output, spec.embedding_group) == ("text_embeds", "clip")
 
 
-def test_the_summary_is_the_max_over_clips_l2_normalised():
+def test_the_summary_is_the_mean_over_clips_l2_normalised():
     rows = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.0], [-1.0, 0.0, 0.0]], np.float32)
-    np.testing.assert_allclose(video_summary(rows), np.array([1.0, 0.5, 0.0]) / np.hypot(1.0, 0.5), rtol=1e-6)
-    np.testing.assert_allclose(video_summary(rows, "mean"), [0.0, 1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(video_summary(rows), [0.0, 1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(
+        video_summary(rows, "max"), np.array([1.0, 0.5, 0.0]) / np.hypot(1.0, 0.5), rtol=1e-6
+    )
 
 
 def test_exact_and_hnsw_search_agree_and_respect_the_scope():
@@ -154,7 +166,9 @@ async def test_a_replica_whose_log_entries_were_trimmed_rebuilds(settings_for, p
         await put(a, pre, "target", seed=1, match=match)
         await put(a, pre, "late", seed=5)
         keys = a.app.state.runtime.store.tenant(SHARED_TENANT_ID).keys
-        redis.Redis.from_url(redis_url).xtrim(keys.stage1_log(), maxlen=1, approximate=False)  # B's next entry is gone
+        redis.Redis.from_url(redis_url).xtrim(
+            keys.stage1_log(), maxlen=1, approximate=False
+        )  # B's next entry is gone
         answer = await search(b)
         assert b.app.state.runtime.stage1.rebuilds == 2 and "target" in searched_ids(answer)
         assert answer["searched_videos"] == 6
@@ -173,7 +187,9 @@ async def test_expired_videos_leave_the_index(settings_for, pre):
             await put(app, pre, f"noise{i}", seed=10 + i)
         answer = await search(app)
         assert "target" not in searched_ids(answer) and answer["searched_videos"] == 3
-        index = await app.app.state.runtime.stage1.synced(app.app.state.runtime.store.tenant(SHARED_TENANT_ID))
+        index = await app.app.state.runtime.stage1.synced(
+            app.app.state.runtime.store.tenant(SHARED_TENANT_ID)
+        )
         assert set(index.keys) == {"noise3", "noise4", "noise5"}
 
 
@@ -192,12 +208,16 @@ async def test_each_api_key_has_its_own_index(settings_for, pre):
         assert set(index_b.keys) == {f"noise{i}" for i in range(4)}
 
 
-async def test_without_a_text_embedding_the_search_is_exhaustive_up_to_the_limit_and_says_why(settings_for, pre):
+async def test_without_a_text_embedding_the_search_is_exhaustive_up_to_the_limit_and_says_why(
+    settings_for, pre
+):
     async with serve(settings_for(search_exhaustive_limit=3)) as app:
         for i in range(5):
             await put(app, pre, f"v{i}", seed=i)
         features = {"features_b64": b64(npy_bytes(random_text(pre, 4, seed=1)))}
         answer = await search(app, query=features)
         assert answer["stage1"] == "exhaustive_limit" and answer["candidate_videos"] == 3
-        assert "token features" in answer["notes"][0] and "TRDETR_SEARCH_EXHAUSTIVE_LIMIT" in answer["notes"][0]
+        assert (
+            "token features" in answer["notes"][0] and "TRDETR_SEARCH_EXHAUSTIVE_LIMIT" in answer["notes"][0]
+        )
         assert (await search(app))["stage1"] == "index"
