@@ -14,6 +14,10 @@ machine hit all engines alike; the table gives each engine's median latency, que
 torch runs ``model_export.model`` (numerically the official code: tests/model, tests/export gates) in eval mode
 under ``torch.inference_mode``; ONNX Runtime runs with ``intra_op_num_threads = --threads`` and no spin-waiting
 (what the service does), so idle ORT threads do not steal the cores from the torch runs.
+The table also gives each engine's median process CPU time per run (all threads); on shared, loaded cores it
+moves far less than the wall time when a run is descheduled. ``--ort-configs 1:0 2:1`` adds the fp32 graph with
+other intra-op thread counts / spin-waiting, ``--graph LABEL=PATH`` any other ONNX file (e.g. an older export),
+``--engines`` picks the ORT engines to run.
 Not a test: numbers depend on the machine and on what else runs on it.
 """
 
@@ -110,14 +114,18 @@ def torch_engine(model: torch.nn.Module) -> Callable[[Feeds], object]:
     return run
 
 
-def time_round(run: Callable[[Feeds], object], feeds: Feeds, budget_s: float) -> list[float]:
-    """Per-run seconds of as many runs as fit in ``budget_s`` (at least one)."""
-    times: list[float] = []
+def time_round(run: Callable[[Feeds], object], feeds: Feeds, budget_s: float) -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds of each of as many runs as fit in ``budget_s`` (at least one).
+
+    The CPU time (all threads of this process) is what the run cost the machine; on shared, loaded cores it
+    is far less sensitive than the wall time to the run being descheduled (busy-waiting threads count).
+    """
+    times: list[tuple[float, float]] = []
     started = time.perf_counter()
     while not times or time.perf_counter() - started < budget_s:
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), time.process_time()
         run(feeds)
-        times.append(time.perf_counter() - begin)
+        times.append((time.perf_counter() - begin, time.process_time() - begin_cpu))
     return times
 
 
@@ -125,16 +133,19 @@ def bench_batch(engines: dict[str, Callable[[Feeds], object]], batch: int, args:
     feeds = batch_case("bench", SPEC, [(args.clips, args.tokens)] * batch, np.random.default_rng(batch)).inputs
     for run in engines.values():  # warm-up
         run(feeds)
-    samples: dict[str, list[float]] = {name: [] for name in engines}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
     for _ in range(args.rounds):
         for name, run in engines.items():
             samples[name] += time_round(run, feeds, args.budget_s)
-    torch_ms = statistics.median(samples["torch eager"]) * 1000
+    torch_ms = statistics.median(t[0] for t in samples["torch eager"]) * 1000
+    torch_cpu_ms = statistics.median(t[1] for t in samples["torch eager"]) * 1000
     rows = []
     for name, times in samples.items():
-        ms = statistics.median(times) * 1000
+        ms = statistics.median(t[0] for t in times) * 1000
+        cpu_ms = statistics.median(t[1] for t in times) * 1000
         rows.append({"engine": name, "batch": batch, "p50_ms": ms, "queries_per_s": batch * 1000 / ms,
-                     "speedup_vs_torch": torch_ms / ms, "runs": len(times)})
+                     "speedup_vs_torch": torch_ms / ms, "cpu_ms": cpu_ms, "cpu_speedup_vs_torch": torch_cpu_ms / cpu_ms,
+                     "runs": len(times)})
     return rows
 
 
@@ -154,10 +165,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [row for batch in args.batches for row in bench_batch(engines, batch, args)]
     print(f"\nreleased-size TR-DETR, {args.clips} clips x {args.tokens} tokens per row, {args.threads} threads, "
           f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.rounds} interleaved rounds")
-    print("| engine | batch | p50 ms | queries/s | speed-up vs torch | runs |\n|---|---:|---:|---:|---:|---:|")
+    print("| engine | batch | p50 ms | queries/s | speed-up vs torch | p50 CPU ms | CPU-time speed-up vs torch | runs |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['engine']} | {r['batch']} | {r['p50_ms']:.1f} | {r['queries_per_s']:.0f} | "
-              f"{r['speedup_vs_torch']:.2f}x | {r['runs']} |")
+              f"{r['speedup_vs_torch']:.2f}x | {r['cpu_ms']:.1f} | {r['cpu_speedup_vs_torch']:.2f}x | {r['runs']} |")
     return rows
 
 
