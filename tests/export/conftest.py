@@ -61,3 +61,35 @@ def official_dir() -> Path:
     if not (OFFICIAL_FIXTURE / "checkpoint.ckpt").is_file():
         pytest.skip(f"official golden fixture not found at {OFFICIAL_FIXTURE.resolve()} (needs ../shared)")
     return OFFICIAL_FIXTURE
+
+
+SYNTHETIC_WINDOW = 32  # max_v_l of the trained synthetic checkpoint
+
+
+@pytest.fixture(scope="session")
+def trained_synthetic(tmp_path_factory: pytest.TempPathFactory):
+    """(checkpoint, held-out split) of a TR-DETR trained by ``trdetr-train`` on synthetic data with planted
+    moments (max_v_l 32): a model with confident (decisive-margin) answers, unlike the random-weight ones.
+    A CI-sized training (96 queries, 6 epochs, a tiny model)."""
+    from training import train_cli
+    from training.synthetic import SyntheticSpec, write_synthetic_split
+
+    root = tmp_path_factory.mktemp("trained_synthetic")
+    spec = SyntheticSpec(min_clips=16, max_clips=SYNTHETIC_WINDOW)
+    train = write_synthetic_split(root / "data", "train", 96, seed=1, spec=spec)
+    heldout = write_synthetic_split(root / "data", "test", 64, seed=2, spec=spec, first_qid=1_000_000)
+    config = train.dataset_config()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        status = train_cli.main([
+            "--train-path", str(config.annotation_path), "--v-feat-dirs", *map(str, config.v_feat_dirs),
+            "--t-feat-dir", str(config.t_feat_dir), "--max-v-l", str(SYNTHETIC_WINDOW), "--cache-features",
+            "--enc-layers", "1", "--dec-layers", "2", "--dim-feedforward", "64", "--num-queries", "3", "--nheads", "4",
+            "--dropout", "0.0", "--input-dropout", "0.1", "--n-epoch", "6", "--bsz", "16", "--lr", "5e-4",
+            "--seed", "0", "--out-dir", str(root / "run"), "--no-progress",
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    return root / "run" / "model_latest.ckpt", heldout
