@@ -13,11 +13,15 @@ import torch
 from model_export import TRDETRConfig, build_model, save_checkpoint
 from model_export.demo_bundle import write_tiny_clip_text_dir
 from model_export.export import export_bundle, parse_video_groups
+from model_export.export.parity import Thresholds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL_FIXTURE = REPO_ROOT / ".." / "shared" / "fixtures" / "official_small"
 SMALL_GROUPS = "slowfast:20,clip:8"  # + 2 TEF = v_feat_dim 30
 FEW_CASES = 6
+# a random-weight model has (almost) no decisive top-1 answers for the fp16 gate to keep: it asks for none,
+# as the demo bundle does (tests/export/test_trained_gates.py gates a trained model)
+RANDOM_WEIGHTS = Thresholds(fp16_min_decisive_rows=0)
 
 
 def small_config() -> TRDETRConfig:
@@ -46,7 +50,7 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory, small_checkpoint: Pat
     """The small checkpoint exported with fp16, text encoder and every gate (read-only for tests)."""
     out = tmp_path_factory.mktemp("bundle") / "small"
     export_bundle(small_checkpoint, out, fp16=True, text_encoder_dir=tiny_clip_dir,
-                  video_groups=parse_video_groups(SMALL_GROUPS), num_random_cases=FEW_CASES)
+                  video_groups=parse_video_groups(SMALL_GROUPS), num_random_cases=FEW_CASES, thresholds=RANDOM_WEIGHTS)
     return out
 
 
