@@ -23,6 +23,7 @@ from .audio_checkpoints import (
     write_lighthouse_audio_checkpoint,
     write_official_audio_checkpoint,
 )
+from .conftest import RANDOM_WEIGHTS
 
 pytestmark = pytest.mark.slow  # each module exports ONNX graphs
 
@@ -35,7 +36,8 @@ def official_audio(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     root = tmp_path_factory.mktemp("audio_official")
     ckpt = write_official_audio_checkpoint(root / "audio.ckpt")
     export_bundle(ckpt, root / "bundle", fp16=True, video_groups=parse_video_groups(VIDEO_GROUPS),
-                  audio_groups=parse_audio_groups(f"pann:{AUDIO_DIM}"), num_random_cases=CASES)
+                  audio_groups=parse_audio_groups(f"pann:{AUDIO_DIM}"), num_random_cases=CASES,
+                  thresholds=RANDOM_WEIGHTS)
     return ckpt, root / "bundle"
 
 
@@ -97,7 +99,7 @@ def test_the_graph_reads_audio_as_the_official_model_does(official_audio):
 
 def test_verify_re_checks_an_audio_bundle_against_its_checkpoint(official_audio):
     ckpt, bundle = official_audio
-    report = verify_bundle(bundle, ckpt, num_random_cases=2)
+    report = verify_bundle(bundle, ckpt, num_random_cases=2, thresholds=RANDOM_WEIGHTS)
     assert report["passed"] and len(report["gates"]) == 2
 
 
