@@ -234,8 +234,9 @@ def parity_stage(name: str, bundle: Path, plan: Plan, rows: list[Row]) -> None:
         normalize_video=pre.l2_normalize_video,
         normalize_text=pre.l2_normalize_text,
         max_text_tokens=pre.max_text_tokens,
+        max_video_clips=pre.max_video_clips,
     )
-    cases = random_cases(spec, plan.parity_cases, seed=0, max_clips=pre.max_video_clips)
+    cases = random_cases(spec, plan.parity_cases, seed=0)
     reference = session(bundle, "fp32", "cpu")
     expected = {case.name: reference.run(case.inputs) for case in cases}
     provider = "CUDA EP" if not plan.smoke else "CPU EP (smoke)"
@@ -267,7 +268,7 @@ def parity_stage(name: str, bundle: Path, plan: Plan, rows: list[Row]) -> None:
                 reference_label="CPU EP fp32",
                 candidate_label=label,
                 provider=provider,
-                atol=1e-4,
+                thresholds=Thresholds(fp32_atol=1e-4),
             )
             worst = max(v for k, v in gate.measured.items() if k.startswith("max_abs_diff"))
             rows.append(

@@ -17,7 +17,7 @@ from model_export.export.cases import InputSpec, random_cases
 from model_export.export.checks import torch_runner
 from model_export.export.graph_opt import optimise_graph, prelu_to_leaky_relu
 from model_export.export.onnx_export import export_trdetr
-from model_export.export.parity import fp32_gate, make_session, ort_runner
+from model_export.export.parity import Thresholds, fp32_gate, make_session, ort_runner
 
 from .conftest import small_config
 
@@ -80,7 +80,8 @@ def test_optimised_trdetr_graph_equals_the_plain_one_and_passes_the_fp32_gate(tm
     cases = random_cases(SPEC, 6, seed=0)
     gate = fp32_gate("fp32 torch vs optimised ORT", lambda case: torch_runner(model)(case.inputs),
                      ort_runner(make_session(str(optimised))), cases, reference_label="torch",
-                     candidate_label="ORT fp32 optimised", provider="CPUExecutionProvider", atol=1e-4)
+                     candidate_label="ORT fp32 optimised", provider="CPUExecutionProvider",
+                     thresholds=Thresholds(fp32_atol=1e-4))
     assert gate.passed, gate.failures
     run_plain, run_optimised = ort_runner(make_session(str(plain))), ort_runner(make_session(str(optimised)))
     for case in cases:
