@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_service import RELEASED  # noqa: E402
+from bench_service import build_bundle as build_released_bundle  # noqa: E402
 
 from service.app import create_app  # noqa: E402
 from service.schemas import CollectionSearchRequest  # noqa: E402
@@ -62,25 +62,12 @@ CLIP_DIM = 512
 
 def build_bundle(work_dir: Path) -> Path:
     """Random released-size checkpoint + the demo's random CLIP text tower (with projection) -> a bundle."""
-    bundle = work_dir / "bundle-stage1"
-    if (bundle / "manifest.json").exists():
-        return bundle
-    import torch
-
-    from model_export.checkpoint import save_checkpoint
-    from model_export.config import TRDETRConfig
+    if (work_dir / "bundle-stage1" / "manifest.json").exists():
+        return work_dir / "bundle-stage1"
     from model_export.demo_bundle import DEMO_VIDEO_GROUPS, write_tiny_clip_text_dir
-    from model_export.export import export_bundle
-    from model_export.model import build_model
 
-    torch.manual_seed(0)
-    config = TRDETRConfig(**RELEASED)
-    checkpoint = save_checkpoint(work_dir / "released_size_random.ckpt", build_model(config).eval(), config)
     text_dir = write_tiny_clip_text_dir(work_dir / "tiny_clip_text")
-    export_bundle(
-        checkpoint, bundle, run_parity=False, text_encoder_dir=text_dir, video_groups=DEMO_VIDEO_GROUPS
-    )
-    return bundle
+    return build_released_bundle(work_dir, "bundle-stage1", text_encoder_dir=text_dir, video_groups=DEMO_VIDEO_GROUPS)
 
 
 class Collection:

@@ -45,9 +45,13 @@ RELEASED = {"v_feat_dim": 2818, "t_feat_dim": 512, "hidden_dim": 256, "nheads": 
             "enc_layers": 2, "dec_layers": 2, "n_input_proj": 2, "num_queries": 10}
 
 
-def build_bundle(work_dir: Path) -> Path:
-    """Random released-size checkpoint -> ``export_bundle`` (torch is imported here only)."""
-    bundle = work_dir / "bundle"
+def build_bundle(work_dir: Path, name: str = "bundle", **export_options) -> Path:
+    """Random released-size checkpoint -> ``export_bundle`` (torch is imported here only).
+
+    ``export_options`` go to ``export_bundle`` (e.g. a text encoder); ``name`` keeps such bundles apart in
+    ``work_dir``, where a bundle once written is reused.
+    """
+    bundle = work_dir / name
     if (bundle / "manifest.json").exists():
         return bundle
     import torch
@@ -60,7 +64,7 @@ def build_bundle(work_dir: Path) -> Path:
     torch.manual_seed(0)
     config = TRDETRConfig(**RELEASED)
     checkpoint = save_checkpoint(work_dir / "released_size_random.ckpt", build_model(config).eval(), config)
-    export_bundle(checkpoint, bundle, run_parity=False)
+    export_bundle(checkpoint, bundle, run_parity=False, **export_options)
     return bundle
 
 
