@@ -389,7 +389,7 @@ def engine_goal(precision: str, batch: int, ms: float, qps: float, plan: Plan) -
     if plan.smoke:
         return "", ""
     if batch == 1:
-        return f"<= {GOALS['batch1_ms']:g} ms", verdict(ms <= GOALS["batch1_ms"])
+        return at_most_goal(plan, "batch1_ms", ms)
     if precision == "fp16":
         return f">= {GOALS['fp16_qps']:,.0f} q/s", verdict(qps >= GOALS["fp16_qps"])
     return "", ""
@@ -599,6 +599,13 @@ def failed_as_inf(latencies: list[float]) -> np.ndarray:
     return np.where(np.isnan(values), np.inf, values)
 
 
+def at_most_goal(plan: Plan, goal: str, ms: float) -> tuple[str, str]:
+    """The goal and status cells of a latency row that must stay <= ``GOALS[goal]`` ms (blank in smoke runs)."""
+    if plan.smoke:
+        return "", ""
+    return f"<= {GOALS[goal]:g} ms", verdict(ms <= GOALS[goal])
+
+
 def service_stage(bundle: Path, plan: Plan, cuda_graph: bool, rows: list[Row]) -> None:
     import httpx
 
@@ -609,11 +616,7 @@ def service_stage(bundle: Path, plan: Plan, cuda_graph: bool, rows: list[Row]) -
         body = search_body(bundle, url)
         c1 = asyncio.run(_closed_loop(url, body, 1, 0.0, plan.service_requests))
         p50 = float(np.percentile(failed_as_inf(c1), 50, method="higher")) * 1000.0
-        goal, status = (
-            ("", "")
-            if plan.smoke
-            else (f"<= {GOALS['service_p50_ms']:g} ms", verdict(p50 <= GOALS["service_p50_ms"]))
-        )
+        goal, status = at_most_goal(plan, "service_p50_ms", p50)
         rows.append(
             Row(
                 "service",
@@ -633,11 +636,7 @@ def service_stage(bundle: Path, plan: Plan, cuda_graph: bool, rows: list[Row]) -
         )
         latencies, rps = spread("open", url, body, 0.8 * max_rps, plan)
         p50, p99 = np.percentile(failed_as_inf(latencies), [50, 99], method="higher") * 1000.0
-        goal, status = (
-            ("", "")
-            if plan.smoke
-            else (f"<= {GOALS['service_p99_ms']:g} ms", verdict(p99 <= GOALS["service_p99_ms"]))
-        )
+        goal, status = at_most_goal(plan, "service_p99_ms", p99)
         rows.append(
             Row(
                 "service",
