@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .onnx_export import all_nodes
+
 
 @dataclass(frozen=True)
 class GraphOptInfo:
@@ -81,19 +83,9 @@ def optimise_graph(path: str | Path) -> GraphOptInfo:
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     """Remove top-level initializers no node (or subgraph) reads any more."""
-    used = {name for node in _nodes_with_subgraphs(model.graph) for name in node.input}
+    used = {name for node in all_nodes(model.graph) for name in node.input}
     used |= {o.name for o in model.graph.output}
     keep = [init for init in model.graph.initializer if init.name in used]
     if len(keep) != len(model.graph.initializer):
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
-
-
-def _nodes_with_subgraphs(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes_with_subgraphs(attr.g)
-            for sub in attr.graphs:
-                yield from _nodes_with_subgraphs(sub)

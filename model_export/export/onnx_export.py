@@ -242,7 +242,7 @@ def strip_build_metadata_file(path: str | Path) -> int:
 def gru_problems(model: onnx.ModelProto) -> list[str]:
     """One message per ONNX GRU node whose ``linear_before_reset`` is not 1 (torch semantics)."""
     problems = []
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model.graph):
         if node.op_type != "GRU":
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -270,15 +270,15 @@ def dynamic_axis_problems(model: onnx.ModelProto, dynamic_axes: Mapping[str, Map
     return problems
 
 
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node of a graph, including those of subgraphs (If/Loop/Scan bodies)."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
+                yield from all_nodes(attr.g)
             for sub in attr.graphs:
-                yield from _all_nodes(sub)
+                yield from all_nodes(sub)
 
 
 def example_trdetr_inputs(
