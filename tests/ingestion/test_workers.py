@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from ingest_helpers import BIN, DEFAULT_BUNDLE, clean_env, free_port, wait_for, write_video
+from redis_fixtures import key_namespace
 
 from ingestion.jobs import JobRecord, JobStore
 
@@ -29,21 +29,14 @@ MP4 = {"content-type": "video/mp4"}
 
 @pytest.fixture(scope="module")
 def stack_env(redis_url, tmp_path_factory) -> Iterator[dict[str, str]]:
-    prefix = f"trdetr-ingest-proc-{os.getpid()}-{time.monotonic_ns() % 10**8}"
-    env = clean_env(
-        REDIS_URL=redis_url, TRDETR_REDIS_KEY_PREFIX=prefix, TRDETR_BUNDLE_DIR=str(DEFAULT_BUNDLE),
-        TRDETR_DEVICE="cpu", TRDETR_INTRA_OP_THREADS="1", TRDETR_WARMUP_RUNS="0",
-        TRDETR_INGEST_DIR=str(tmp_path_factory.mktemp("ingest")), TRDETR_JOB_CLAIM_IDLE_S="2",
-        TRDETR_INPROCESS_WORKER="false", TRDETR_WORKER_METRICS_PORT="0", TRDETR_MAX_VIDEO_CLIPS="20",
-    )
-    yield env
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with key_namespace(redis_url, "trdetr-ingest-proc") as prefix:
+        env = clean_env(
+            REDIS_URL=redis_url, TRDETR_REDIS_KEY_PREFIX=prefix, TRDETR_BUNDLE_DIR=str(DEFAULT_BUNDLE),
+            TRDETR_DEVICE="cpu", TRDETR_INTRA_OP_THREADS="1", TRDETR_WARMUP_RUNS="0",
+            TRDETR_INGEST_DIR=str(tmp_path_factory.mktemp("ingest")), TRDETR_JOB_CLAIM_IDLE_S="2",
+            TRDETR_INPROCESS_WORKER="false", TRDETR_WORKER_METRICS_PORT="0", TRDETR_MAX_VIDEO_CLIPS="20",
+        )
+        yield env
 
 
 @pytest.fixture(scope="module")
